@@ -1,0 +1,198 @@
+"""Command line: flags and environment -> Config, then run the exporter until a signal.
+
+Flags follow the Go exporters' dotted naming. No flag takes a secret's value: secrets come from
+files or environment variables, so they never show in `ps`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import click
+
+from polarity_exporter import __version__
+from polarity_exporter.client import PolarityClient
+from polarity_exporter.collector import PolarityCollector
+from polarity_exporter.config import (
+    DEFAULT_PORT,
+    CollectorConfig,
+    Config,
+    ConfigError,
+    Password,
+    PolarityConfig,
+    WebConfig,
+    choose_credentials,
+    normalize_url,
+    parse_listen_address,
+)
+from polarity_exporter.logs import LEVELS, setup_logging
+from polarity_exporter.web import ExporterApp, Landing, bind
+
+log = logging.getLogger("polarity_exporter")
+ENV = "POLARITY_EXPORTER_"
+
+
+def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
+    name = flag.lstrip("-").replace(".", "_").replace("-", "_")
+    return click.option(flag, name, envvar=envvar, show_envvar=True, show_default=True, **kwargs)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
+                                 "max_content_width": 100})
+@_option("--polarity.url", "POLARITY_URL", help="Base URL of the Polarity server.")
+@_option("--polarity.username", "POLARITY_USERNAME", help="Account for password login.")
+@_option("--polarity.password-file", "POLARITY_PASSWORD_FILE",
+         help="File holding the password (or set POLARITY_PASSWORD).")
+@_option("--polarity.api-key-file", "POLARITY_API_KEY_FILE",
+         help="File holding an API key, preferred over a password (or set POLARITY_API_KEY).")
+@_option("--polarity.ca-file", "POLARITY_CA_FILE",
+         type=click.Path(exists=True, dir_okay=False),
+         help="CA bundle to verify Polarity's TLS certificate.")
+@_option("--polarity.insecure-skip-verify", "POLARITY_INSECURE_SKIP_VERIFY", is_flag=True,
+         help="Do not verify Polarity's TLS certificate (logs a warning).")
+@_option("--polarity.timeout", "POLARITY_TIMEOUT", type=click.FloatRange(min=0.1), default=10.0,
+         help="Seconds: connect and read timeout, and the scrape deadline when Prometheus sends "
+              "no X-Prometheus-Scrape-Timeout-Seconds header.")
+@_option("--polarity.page-size", "POLARITY_PAGE_SIZE", type=click.IntRange(1, 10000), default=200,
+         help="Integrations per page when listing.")
+@_option("--polarity.max-concurrency", "POLARITY_MAX_CONCURRENCY", type=click.IntRange(1, 64),
+         default=4, help="Pages of integrations fetched at once.")
+@_option("--collector.max-codes", ENV + "COLLECTOR_MAX_CODES", type=click.IntRange(2, 1000),
+         default=20, help="Most error-code series per integration; the rest fold into "
+                          "code=\"other\".")
+@_option("--collector.max-label-length", ENV + "COLLECTOR_MAX_LABEL_LENGTH",
+         type=click.IntRange(8, 4096), default=128,
+         help="Longest label value; longer names and codes are cut.")
+@_option("--web.listen-address", ENV + "WEB_LISTEN_ADDRESS", default=f":{DEFAULT_PORT}",
+         help="host:port to listen on.")
+@_option("--web.telemetry-path", ENV + "WEB_TELEMETRY_PATH", default="/metrics",
+         help="Path of the metrics endpoint.")
+@_option("--web.timeout-offset", ENV + "WEB_TIMEOUT_OFFSET", type=click.FloatRange(min=0),
+         default=0.5, help="Seconds subtracted from Prometheus' scrape timeout.")
+@_option("--log.level", ENV + "LOG_LEVEL", type=click.Choice(list(LEVELS)), default="info",
+         help="Log level.")
+@_option("--log.format", ENV + "LOG_FORMAT", type=click.Choice(["logfmt", "json"]),
+         default="logfmt", help="Log format.")
+@_option("--demo", ENV + "DEMO", is_flag=True,
+         help="Start the built-in Polarity simulator and export its metrics.")
+@click.version_option(__version__, "--version", prog_name="polarity-exporter")
+def command(**flags: Any) -> None:
+    """Prometheus exporter for Polarity integrations: status, errors, affected users."""
+    setup_logging(flags["log_level"], flags["log_format"])
+    simulator = None
+    if flags["demo"]:
+        simulator, flags = _start_demo(flags)
+    try:
+        config = build_config(flags)
+        run(config)
+    finally:
+        if simulator is not None:
+            simulator.stop()
+
+
+def build_config(flags: dict[str, Any]) -> Config:
+    if not flags["polarity_url"]:
+        raise ConfigError("--polarity.url is required (or POLARITY_URL)")
+    # Secrets are read from the environment here, never declared as click parameters, so that
+    # no flag can take them and --help never echoes them.
+    credentials = flags.get("credentials") or choose_credentials(
+        api_key=os.environ.get("POLARITY_API_KEY"),
+        api_key_file=flags["polarity_api_key_file"],
+        username=flags["polarity_username"],
+        password=os.environ.get("POLARITY_PASSWORD"),
+        password_file=flags["polarity_password_file"],
+    )
+    if not flags["web_telemetry_path"].startswith("/") or flags["web_telemetry_path"] in (
+            "/", "/-/healthy", "/-/ready"):
+        raise ConfigError(f"--web.telemetry-path {flags['web_telemetry_path']!r} must start "
+                          "with / and not be /, /-/healthy or /-/ready")
+    host, port = parse_listen_address(flags["web_listen_address"])
+    return Config(
+        polarity=PolarityConfig(
+            url=normalize_url(flags["polarity_url"]),
+            credentials=credentials,
+            ca_file=flags["polarity_ca_file"],
+            insecure_skip_verify=flags["polarity_insecure_skip_verify"],
+            timeout=flags["polarity_timeout"],
+            page_size=flags["polarity_page_size"],
+            max_concurrency=flags["polarity_max_concurrency"],
+        ),
+        collector=CollectorConfig(max_codes=flags["collector_max_codes"],
+                                  max_label_length=flags["collector_max_label_length"]),
+        web=WebConfig(host=host, port=port, telemetry_path=flags["web_telemetry_path"],
+                      timeout_offset=flags["web_timeout_offset"]),
+    )
+
+
+def _start_demo(flags: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    # Imported here only: the simulator is never part of the exporter's normal path.
+    from polarity_exporter.simulator import Simulator, SimulatorConfig
+
+    username, password = "demo", secrets.token_urlsafe(16)
+    simulator = Simulator(SimulatorConfig(seed=1, integrations=40, errors=150,
+                                          users={username: password}))
+    simulator.start()
+    log.info("demo: started the Polarity simulator", extra={"url": simulator.url})
+    return simulator, {**flags, "polarity_url": simulator.url,
+                       "credentials": Password(username, password)}
+
+
+def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then finish in-flight scrapes and log out."""
+    polarity = config.polarity
+    if polarity.insecure_skip_verify:
+        log.warning("TLS certificate verification of Polarity is disabled",
+                    extra={"server": polarity.url})
+    client = PolarityClient(polarity)
+    collector = PolarityCollector(client, config.collector, polarity.timeout)
+    app = ExporterApp(collector.scrape, telemetry_path=config.web.telemetry_path,
+                      default_timeout=polarity.timeout, timeout_offset=config.web.timeout_offset,
+                      landing=Landing("Polarity Exporter", __version__, polarity.url))
+    try:
+        server = bind(app, config.web.host, config.web.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.web.host}:{config.web.port}: "
+                          f"{exc.strerror or exc}") from None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    serving = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    serving.start()
+    app.ready.set()
+    host = config.web.host or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{server.server_port}{config.web.telemetry_path}"
+    log.info("listening", extra={"address": f"{config.web.host}:{server.server_port}",
+                                 "metrics": url, "version": __version__})
+    click.echo(f"polarity-exporter {__version__}: metrics at {url}")
+    stop.wait()
+    server.shutdown()
+    server.server_close()  # waits for scrapes in flight
+    collector.close()
+    client.close()
+
+
+def main() -> None:
+    try:
+        command.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"polarity-exporter: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"polarity-exporter: error: {exc}", err=True)
+        sys.exit(2)

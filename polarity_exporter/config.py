@@ -1,0 +1,137 @@
+"""Validated configuration: what the CLI hands to the rest of the exporter.
+
+Secrets live only in `ApiKey.key` and `Password.password`; both are excluded from `repr` so that a
+config object printed in a log line or a traceback never shows them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+DEFAULT_PORT = 10119
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Password:
+    username: str
+    password: str = field(repr=False)
+
+
+Credentials = ApiKey | Password
+
+
+@dataclass(frozen=True)
+class PolarityConfig:
+    url: str
+    credentials: Credentials
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+    timeout: float = 10.0
+    page_size: int = 200
+    max_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    max_codes: int = 20
+    max_label_length: int = 128
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = ""
+    port: int = DEFAULT_PORT
+    telemetry_path: str = "/metrics"
+    timeout_offset: float = 0.5
+
+
+@dataclass(frozen=True)
+class Config:
+    polarity: PolarityConfig
+    collector: CollectorConfig = CollectorConfig()
+    web: WebConfig = WebConfig()
+
+
+def normalize_url(url: str) -> str:
+    """Check a Polarity base URL and strip any trailing slash."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--polarity.url {url!r} is not an http(s) URL with a host")
+    if parts.username or parts.password:
+        # A password in the URL would end up in process arguments and logs.
+        raise ConfigError("--polarity.url must not contain credentials; use the credential flags")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"--polarity.url {url!r} must not have a query or fragment")
+    return url.strip().rstrip("/")
+
+
+_LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """`host:port`, `:port` or `[v6]:port`, as Go exporters accept it."""
+    match = _LISTEN.match(address.strip())
+    if not match:
+        raise ConfigError(f"--web.listen-address {address!r} is not host:port")
+    port = int(match["port"])
+    if not 0 < port < 65536:
+        raise ConfigError(f"--web.listen-address {address!r}: port must be 1-65535")
+    return match["v6"] or match["host"] or "", port
+
+
+def read_secret_file(path: str, flag: str) -> str:
+    """Read a secret from a file, dropping the trailing newline editors add."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read {flag} {path}: {reason}") from None
+    if not value:
+        raise ConfigError(f"{flag} {path} is empty")
+    return value
+
+
+def choose_credentials(
+    *,
+    api_key: str | None,
+    api_key_file: str | None,
+    username: str | None,
+    password: str | None,
+    password_file: str | None,
+) -> Credentials:
+    """Pick exactly one kind of credential; reject ambiguous or partial configurations."""
+    if api_key_file:
+        api_key = read_secret_file(api_key_file, "--polarity.api-key-file")
+    if password_file:
+        password = read_secret_file(password_file, "--polarity.password-file")
+    has_key = bool(api_key)
+    has_password = bool(username) or bool(password)
+    if has_key and has_password:
+        raise ConfigError("give either an API key or a username and password, not both")
+    if has_key:
+        assert api_key
+        return ApiKey(api_key)
+    if not has_password:
+        raise ConfigError(
+            "no credentials: set --polarity.api-key-file (or POLARITY_API_KEY), or "
+            "--polarity.username with --polarity.password-file (or POLARITY_PASSWORD)"
+        )
+    if not username:
+        raise ConfigError("a password was given but no --polarity.username")
+    if not password:
+        raise ConfigError(
+            f"no password for user {username!r}: set --polarity.password-file or POLARITY_PASSWORD"
+        )
+    return Password(username, password)

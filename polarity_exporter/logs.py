@@ -1,0 +1,64 @@
+"""Logging in the formats Go exporters use: logfmt (default) or JSON, one line per event.
+
+Exceptions never print tracebacks: the exporter logs the cause in one line, and the formatter
+drops `exc_info` so that a stray `logger.exception` cannot dump a stack (or a secret in a frame).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "error": logging.ERROR}
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
+                logging.ERROR: "error", logging.CRITICAL: "error"}
+# Attributes every LogRecord has; anything else was passed through `extra=` and is a field.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": _LEVEL_NAMES.get(record.levelno, "info"),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in vars(record).items():
+        if key not in _STANDARD:
+            out[key] = value
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        out.setdefault("err", f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def _logfmt_value(value: Any) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' ="\\') and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_fields(record), ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS[level])
+    # urllib3 logs every connection at debug; useful only when debugging the exporter itself.
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

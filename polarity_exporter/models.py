@@ -1,0 +1,185 @@
+"""API JSON -> typed records.
+
+Polarity's JSON is written by many hands (third-party integrations fill in error records), so
+every field is read defensively. A field that cannot be read is reported to the caller through a
+`Problems` counter instead of raising, so one bad record never costs the rest of the scrape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Counter of unreadable fields, keyed by field name (a small fixed set: safe as a metric label).
+Problems = Counter[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    id: str
+    name: str
+    acronym: str
+    version: str
+    status: str
+    # Length of relationships.integration-errors.data: the error count seen without access to
+    # the errors endpoint. None when the relationship is missing or malformed.
+    error_refs: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    integration_id: str
+    code: str
+    count: float | None
+    occurred_on: float | None
+    affected_users: tuple[str, ...]
+
+
+def _as_id(value: Any) -> str | None:
+    # Ids are strings in Polarity, but a number is unambiguous enough to keep.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int):
+        return str(value)
+    return None
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # `status` arrives as a number from some integrations; keep its usual spelling.
+        return str(int(value)) if float(value).is_integer() else str(value)
+    return None
+
+
+def _attributes(item: dict[str, Any]) -> dict[str, Any]:
+    attrs = item.get("attributes")
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def parse_integration(item: Any, problems: Problems) -> Integration | None:
+    """One item of GET /api/integrations; None (and a counted problem) if it has no usable id."""
+    if not isinstance(item, dict):
+        problems["integration"] += 1
+        return None
+    integration_id = _as_id(item.get("id"))
+    if integration_id is None:
+        problems["id"] += 1
+        return None
+    attrs = _attributes(item)
+    status = _as_text(attrs.get("status"))
+    if status is None:
+        problems["status"] += 1
+    return Integration(
+        id=integration_id,
+        name=_as_text(attrs.get("name")) or "",
+        acronym=_as_text(attrs.get("acronym")) or "",
+        version=_as_text(attrs.get("version")) or "",
+        status=status or "",
+        error_refs=_error_refs(item, problems),
+    )
+
+
+def _error_refs(item: dict[str, Any], problems: Problems) -> int | None:
+    relationships = item.get("relationships")
+    if not isinstance(relationships, dict):
+        return None
+    errors = relationships.get("integration-errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    if not isinstance(data, list):
+        problems["relationships.integration-errors"] += 1
+        return None
+    return len(data)
+
+
+def parse_error(item: Any, problems: Problems) -> ErrorRecord | None:
+    """One record of GET /api/integrations/errors; None only when its integration is unknown."""
+    if not isinstance(item, dict):
+        problems["error"] += 1
+        return None
+    attrs = _attributes(item)
+    integration_id = _as_id(attrs.get("integration-id")) or _relationship_id(item)
+    if integration_id is None:
+        problems["integration-id"] += 1
+        return None
+    code = _as_text(attrs.get("code"))
+    if code is None:
+        problems["code"] += 1
+    return ErrorRecord(
+        integration_id=integration_id,
+        code=code or "",
+        count=_count(attrs.get("error-count"), problems),
+        occurred_on=_timestamp(attrs.get("occurred-on"), problems),
+        affected_users=_affected_users(attrs.get("meta"), problems),
+    )
+
+
+def _relationship_id(item: dict[str, Any]) -> str | None:
+    relationships = item.get("relationships")
+    integration = relationships.get("integration") if isinstance(relationships, dict) else None
+    data = integration.get("data") if isinstance(integration, dict) else None
+    return _as_id(data.get("id")) if isinstance(data, dict) else None
+
+
+# Counts above 2**53 lose integer precision as floats: such a value is not a real count.
+_MAX_COUNT = float(2**53)
+
+
+def _count(value: Any, problems: Problems) -> float | None:
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = float(value.strip())
+    if number is None or not math.isfinite(number) or number < 0 or not number.is_integer() \
+            or number > _MAX_COUNT:
+        problems["error-count"] += 1
+        return None
+    return number
+
+
+def parse_timestamp(value: str) -> float:
+    """ISO 8601 as Polarity writes it: space or T, optional fraction, Z or an offset or none."""
+    text = value.strip()
+    if text.endswith(("z", "Z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)  # Polarity stores UTC
+    return parsed.timestamp()
+
+
+def _timestamp(value: Any, problems: Problems) -> float | None:
+    if isinstance(value, str) and 10 <= len(value) <= 64:
+        try:
+            return parse_timestamp(value)
+        except ValueError:
+            pass
+    problems["occurred-on"] += 1
+    return None
+
+
+def _affected_users(meta: Any, problems: Problems) -> tuple[str, ...]:
+    # Affected users are reported "when known": an absent list is normal, a malformed one is not.
+    if not isinstance(meta, dict) or meta.get("affected_users") is None:
+        return ()
+    users = meta["affected_users"]
+    if not isinstance(users, list):
+        problems["meta.affected_users"] += 1
+        return ()
+    ids: list[str] = []
+    for user in users:
+        user_id = _as_id(user.get("id")) if isinstance(user, dict) else None
+        if user_id is None:
+            problems["meta.affected_users"] += 1
+        else:
+            ids.append(user_id)
+    return tuple(ids)

@@ -1,0 +1,165 @@
+"""The exporter's HTTP endpoint: routes, content negotiation, and a threaded server.
+
+Routes: the telemetry path (default /metrics), / (landing page), /-/healthy, /-/ready; anything
+else is 404. Only /metrics calls Polarity, so probes never load the Polarity server.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+Scrape = Callable[[float], Iterable[Any]]  # timeout in seconds -> metric families
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
+MIN_TIMEOUT = 0.1
+
+
+@dataclass(frozen=True)
+class Landing:
+    name: str
+    version: str
+    polarity_url: str
+
+
+class _Snapshot(Collector):
+    """Families already collected for one request, in the shape the encoders expect."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self._families)
+
+
+class ExporterApp:
+    """A WSGI application; it does not know how it is served."""
+
+    def __init__(self, scrape: Scrape, *, telemetry_path: str, default_timeout: float,
+                 timeout_offset: float, landing: Landing) -> None:
+        self._scrape = scrape
+        self._path = telemetry_path
+        self._default_timeout = default_timeout
+        self._offset = timeout_offset
+        self._landing = landing
+        self.ready = threading.Event()
+
+    def scrape_timeout(self, environ: dict[str, Any]) -> float:
+        """Prometheus' scrape timeout less the offset; the configured timeout without it."""
+        header = environ.get(TIMEOUT_HEADER)
+        if header:
+            try:
+                return max(MIN_TIMEOUT, float(header) - self._offset)
+            except ValueError:
+                log.debug("ignoring bad scrape timeout header", extra={"value": header[:32]})
+        return self._default_timeout
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            return _reply(start_response, "405 Method Not Allowed", b"method not allowed\n",
+                          extra=[("Allow", "GET, HEAD")])
+        if path == self._path:
+            return self._metrics(environ, start_response)
+        if path == "/":
+            return _reply(start_response, "200 OK", self._landing_page(),
+                          "text/html; charset=utf-8")
+        if path == "/-/healthy":
+            return _reply(start_response, "200 OK", b"Healthy\n")
+        if path == "/-/ready":
+            if self.ready.is_set():
+                return _reply(start_response, "200 OK", b"Ready\n")
+            return _reply(start_response, "503 Service Unavailable", b"Not ready\n")
+        return _reply(start_response, "404 Not Found", b"not found\n")
+
+    def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        try:
+            families = list(self._scrape(self.scrape_timeout(environ)))
+            body = encoder(_Snapshot(families))
+        except Exception as exc:  # a bug must cost one scrape, not the exporter
+            log.error("scrape failed unexpectedly", extra={"err": f"{type(exc).__name__}: {exc}"})
+            return _reply(start_response, "500 Internal Server Error", b"scrape failed\n")
+        headers = [("Content-Type", content_type)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=5)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Vary", "Accept, Accept-Encoding"))
+        return _reply(start_response, "200 OK", body, extra=headers)
+
+    def _landing_page(self) -> bytes:
+        name = html.escape(self._landing.name)
+        metrics = html.escape(self._path)
+        return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{name}</title></head>
+<body>
+<h1>{name}</h1>
+<p>Version {html.escape(self._landing.version)}</p>
+<p>Polarity server: <code>{html.escape(self._landing.polarity_url)}</code></p>
+<ul>
+<li><a href="{metrics}">Metrics</a></li>
+<li><a href="/-/healthy">Health</a></li>
+<li><a href="/-/ready">Readiness</a></li>
+</ul>
+</body></html>
+""".encode()
+
+
+def _reply(start_response: StartResponse, status: str, body: bytes,
+           content_type: str = "text/plain; charset=utf-8",
+           extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+    headers = extra if extra and any(k == "Content-Type" for k, _ in extra) else \
+        [("Content-Type", content_type), *(extra or [])]
+    headers.append(("Content-Length", str(len(body))))
+    start_response(status, headers)
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http request", extra={"client": self.client_address[0],
+                                         "request": format % args})
+
+
+class ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request; server_close() waits for requests in flight (clean shutdown)."""
+
+    daemon_threads = False
+    block_on_close = True
+    allow_reuse_address = True
+
+
+class _ThreadingServerV6(ThreadingServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # Like Go's ":port": one socket for IPv6 and IPv4 where the system allows it.
+        try:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        except OSError:
+            pass
+        super().server_bind()
+
+
+def bind(app: ExporterApp, host: str, port: int) -> ThreadingServer:
+    """Bind the listening socket; raises OSError with the system's reason."""
+    if host == "" and socket.has_ipv6:
+        try:
+            return make_server("::", port, app, _ThreadingServerV6, _QuietHandler)
+        except OSError:
+            pass  # no IPv6 on this host: fall back to IPv4 only
+    server_class = _ThreadingServerV6 if ":" in host else ThreadingServer
+    return make_server(host or "0.0.0.0", port, app, server_class, _QuietHandler)

@@ -1,0 +1,126 @@
+"""Shared fixtures: a real simulator over HTTP, a real exporter process, and tool lookup.
+
+Tests that need an external tool call `require_tool`: outside CI a missing tool skips the test,
+under CI=true it fails, so a green CI never hides a skipped check.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from polarity_exporter.simulator import Simulator, SimulatorConfig
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Credentials of the simulator's default account, used across the tests.
+SIM_USER = "exporter"
+SIM_PASSWORD = "correct horse battery staple"
+
+
+def require_tool(name: str) -> str:
+    """Path of an executable: skip when it is missing, but fail under CI."""
+    venv_bin = Path(sys.executable).parent / name
+    path = str(venv_bin) if venv_bin.exists() else shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if IN_CI:
+            pytest.fail(f"{message}, and CI must run this check")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen[str] | None = None, timeout: float = 20) -> None:
+    """Poll a readiness URL; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before it was ready")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    """A small, seeded simulator with one password account."""
+    sim = Simulator(
+        SimulatorConfig(seed=7, integrations=25, errors=80, users={SIM_USER: SIM_PASSWORD})
+    )
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@dataclass
+class ExporterProcess:
+    """A running `python -m polarity_exporter` with its log captured to a file."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    def metrics(self, **kwargs: object) -> requests.Response:
+        return requests.get(f"{self.url}/metrics", timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_exporter(tmp_path: Path) -> Iterator[object]:
+    """Factory: start_exporter(*flags, env={...}) -> ExporterProcess, ready to scrape."""
+    started: list[ExporterProcess] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None, ready: bool = True) -> ExporterProcess:
+        port = free_port()
+        log_path = tmp_path / f"exporter-{port}.log"
+        args = [sys.executable, "-m", "polarity_exporter",
+                f"--web.listen-address=127.0.0.1:{port}", *flags]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
+        full_env.update(env or {})
+        log_file = log_path.open("w")
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, text=True)
+        exp = ExporterProcess(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path, args=args)
+        started.append(exp)
+        if ready:
+            wait_until_ready(f"{exp.url}/-/ready", proc)
+        return exp
+
+    yield start
+    for exp in started:
+        exp.stop()
