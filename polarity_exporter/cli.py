@@ -12,11 +12,13 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import click
+from prometheus_client import Metric, ProcessCollector
 
 from polarity_exporter import __version__
 from polarity_exporter.client import PolarityClient
@@ -137,8 +139,9 @@ def _start_demo(flags: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from polarity_exporter.simulator import Simulator, SimulatorConfig
 
     username, password = "demo", secrets.token_urlsafe(16)
+    # base_time=now: the demo's errors look recent, so dashboards show them in their default range.
     simulator = Simulator(SimulatorConfig(seed=1, integrations=40, errors=150,
-                                          users={username: password}))
+                                          users={username: password}, base_time=time.time()))
     simulator.start()
     log.info("demo: started the Polarity simulator", extra={"url": simulator.url})
     return simulator, {**flags, "polarity_url": simulator.url,
@@ -153,7 +156,12 @@ def run(config: Config) -> None:
                     extra={"server": polarity.url})
     client = PolarityClient(polarity)
     collector = PolarityCollector(client, config.collector, polarity.timeout)
-    app = ExporterApp(collector.scrape, telemetry_path=config.web.telemetry_path,
+    process = ProcessCollector(registry=None)
+
+    def scrape(timeout: float) -> list[Metric]:
+        return [*collector.scrape(timeout), *process.collect()]
+
+    app = ExporterApp(scrape, telemetry_path=config.web.telemetry_path,
                       default_timeout=polarity.timeout, timeout_offset=config.web.timeout_offset,
                       landing=Landing("Polarity Exporter", __version__, polarity.url))
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from polarity_exporter import __version__
 from polarity_exporter.client import Deadline, Listing, PolarityClient, PolarityError
 from polarity_exporter.config import CollectorConfig
 from polarity_exporter.models import (
@@ -326,6 +327,9 @@ class _Families:
         self.affected_users = _gauge(
             "polarity_integration_error_affected_users",
             "Distinct users affected by the integration's errors.", ["integration_id"])
+        self.build_info = _gauge("polarity_exporter_build_info",
+                                 "The exporter's version; always 1.", ["version"])
+        self.build_info.add_metric([__version__], 1.0)
 
     def all(self) -> list[Metric]:
         return list(vars(self).values())
