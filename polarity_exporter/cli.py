@@ -47,7 +47,7 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
     return click.option(flag, name, envvar=envvar, show_envvar=True, show_default=True, **kwargs)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"],
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100,
                                  "max_content_width": 100})
 @_option("--polarity.url", "POLARITY_URL", help="Base URL of the Polarity server.")
 @_option("--polarity.username", "POLARITY_USERNAME", help="Account for password login.")

@@ -256,7 +256,8 @@ class PolarityClient:
     def _token_due_for_refresh(self) -> bool:
         if not self._token_expires:
             return False  # no expiry known: rely on the 401 path
-        margin = min(60.0, 0.2 * self._token_lifetime)
+        # A minute ahead for real tokens (hours or days); halfway for short-lived ones.
+        margin = min(60.0, 0.5 * self._token_lifetime)
         return time.time() >= self._token_expires - margin
 
     def _reauthenticate(self, generation: int, deadline: Deadline) -> None:

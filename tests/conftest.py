@@ -47,7 +47,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_ready(url: str, proc: subprocess.Popen[str] | None = None, timeout: float = 20) -> None:
+def wait_until_ready(url: str, proc: subprocess.Popen[str] | None = None,
+                     timeout: float = 20) -> None:
     """Poll a readiness URL; fail early if the process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,7 +107,8 @@ def start_exporter(tmp_path: Path) -> Iterator[object]:
     """Factory: start_exporter(*flags, env={...}) -> ExporterProcess, ready to scrape."""
     started: list[ExporterProcess] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None, ready: bool = True) -> ExporterProcess:
+    def start(*flags: str, env: dict[str, str] | None = None,
+              ready: bool = True) -> ExporterProcess:
         port = free_port()
         log_path = tmp_path / f"exporter-{port}.log"
         args = [sys.executable, "-m", "polarity_exporter",
@@ -114,8 +116,10 @@ def start_exporter(tmp_path: Path) -> Iterator[object]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
         full_env.update(env or {})
         log_file = log_path.open("w")
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, text=True)
-        exp = ExporterProcess(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path, args=args)
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env,
+                                text=True)
+        exp = ExporterProcess(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path,
+                              args=args)
         started.append(exp)
         if ready:
             wait_until_ready(f"{exp.url}/-/ready", proc)

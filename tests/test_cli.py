@@ -1,0 +1,116 @@
+"""The command line: invalid configuration exits at start with one clear line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polarity_exporter import __version__
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
+    return subprocess.run([sys.executable, "-m", "polarity_exporter", *args], text=True,
+                          capture_output=True, timeout=30, env={**base, **(env or {})})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("polarity-exporter: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_missing_url_is_rejected() -> None:
+    assert_one_line_error(run_cli(env={"POLARITY_API_KEY": "k"}), "--polarity.url")
+
+
+def test_url_with_credentials_is_rejected() -> None:
+    result = run_cli("--polarity.url=https://bob:hunter2@polarity.example",
+                     env={"POLARITY_API_KEY": "k"})
+    assert_one_line_error(result, "must not contain credentials")
+    assert "hunter2" not in result.stderr
+
+
+def test_url_without_scheme_is_rejected() -> None:
+    assert_one_line_error(run_cli("--polarity.url=polarity.example", env={"POLARITY_API_KEY": "k"}),
+                          "not an http(s) URL")
+
+
+def test_missing_credentials_are_rejected() -> None:
+    assert_one_line_error(run_cli("--polarity.url=https://polarity.example"), "no credentials")
+
+
+def test_unreadable_password_file_is_rejected(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    result = run_cli("--polarity.url=https://polarity.example", "--polarity.username=bob",
+                     f"--polarity.password-file={missing}")
+    assert_one_line_error(result, "cannot read --polarity.password-file", str(missing))
+
+
+def test_both_kinds_of_credentials_are_rejected() -> None:
+    result = run_cli("--polarity.url=https://polarity.example", "--polarity.username=bob",
+                     env={"POLARITY_PASSWORD": "pw", "POLARITY_API_KEY": "k"})
+    assert_one_line_error(result, "not both")
+
+
+def test_username_without_password_is_rejected() -> None:
+    assert_one_line_error(run_cli("--polarity.url=https://polarity.example",
+                                  "--polarity.username=bob"), "no password for user 'bob'")
+
+
+@pytest.mark.parametrize("address", ["10119", "localhost", "host:99999", "[::1:10119"])
+def test_bad_listen_address_is_rejected(address: str) -> None:
+    result = run_cli("--polarity.url=https://polarity.example", f"--web.listen-address={address}",
+                     env={"POLARITY_API_KEY": "k"})
+    assert_one_line_error(result, "--web.listen-address")
+
+
+def test_bad_flag_value_is_one_line() -> None:
+    result = run_cli("--polarity.page-size=0", env={"POLARITY_API_KEY": "k"})
+    assert_one_line_error(result, "--polarity.page-size")
+
+
+def test_unknown_flag_is_one_line() -> None:
+    assert_one_line_error(run_cli("--polarity.pasword=x"), "No such option")
+
+
+def test_flags_come_from_environment() -> None:
+    result = run_cli(env={"POLARITY_URL": "ftp://polarity.example", "POLARITY_API_KEY": "k"})
+    assert_one_line_error(result, "ftp://polarity.example")
+
+
+def test_help_names_every_environment_variable() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for env in ["POLARITY_URL", "POLARITY_USERNAME", "POLARITY_PASSWORD_FILE",
+                "POLARITY_API_KEY_FILE", "POLARITY_CA_FILE", "POLARITY_INSECURE_SKIP_VERIFY",
+                "POLARITY_TIMEOUT", "POLARITY_PAGE_SIZE", "POLARITY_EXPORTER_WEB_LISTEN_ADDRESS",
+                "POLARITY_EXPORTER_WEB_TELEMETRY_PATH", "POLARITY_EXPORTER_LOG_LEVEL",
+                "POLARITY_EXPORTER_LOG_FORMAT"]:
+        assert env in result.stdout, env
+
+
+def test_no_flag_takes_a_secret_value() -> None:
+    help_text = run_cli("--help").stdout
+    assert "--polarity.password " not in help_text and "--polarity.password=" not in help_text
+    assert "--polarity.api-key " not in help_text and "--polarity.api-key=" not in help_text
+
+
+def test_version_flag_prints_the_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "polarity-exporter"
+    result = subprocess.run([str(script), "--version"], text=True, capture_output=True,
+                            timeout=30)
+    assert result.returncode == 0 and __version__ in result.stdout

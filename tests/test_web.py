@@ -1,0 +1,133 @@
+"""The exporter's own HTTP endpoint: routes, formats, timeouts, shutdown."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from typing import Any
+
+import pytest
+import requests
+from conftest import SIM_PASSWORD, SIM_USER, ExporterProcess, require_tool
+from reference import labels, parse, scrape
+
+from polarity_exporter import __version__
+from polarity_exporter.simulator import Simulator, SimulatorConfig
+
+PASSWORD_ENV = {"POLARITY_USERNAME": SIM_USER, "POLARITY_PASSWORD": SIM_PASSWORD}
+
+
+@pytest.fixture
+def exporter(simulator: Simulator, start_exporter: Any) -> ExporterProcess:
+    exp: ExporterProcess = start_exporter(f"--polarity.url={simulator.url}", env=PASSWORD_ENV)
+    return exp
+
+
+def test_landing_page_names_version_metrics_and_server(exporter: ExporterProcess,
+                                                       simulator: Simulator) -> None:
+    response = requests.get(exporter.url + "/", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert __version__ in response.text
+    assert 'href="/metrics"' in response.text
+    assert simulator.url in response.text
+
+
+def test_health_and_readiness_do_not_call_polarity(exporter: ExporterProcess,
+                                                   simulator: Simulator) -> None:
+    before = sum(simulator.counts.values())
+    assert requests.get(exporter.url + "/-/healthy", timeout=10).status_code == 200
+    assert requests.get(exporter.url + "/-/ready", timeout=10).status_code == 200
+    assert sum(simulator.counts.values()) == before
+
+
+@pytest.mark.parametrize("path", ["/metrics/", "/favicon.ico", "/-/reload", "/api/integrations"])
+def test_unknown_paths_are_404(exporter: ExporterProcess, path: str) -> None:
+    assert requests.get(exporter.url + path, timeout=10).status_code == 404
+
+
+def test_post_is_not_allowed(exporter: ExporterProcess) -> None:
+    assert requests.post(exporter.url + "/metrics", timeout=10).status_code == 405
+
+
+def test_metrics_are_gzipped_when_asked(exporter: ExporterProcess) -> None:
+    response = requests.get(exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"},
+                            timeout=30, stream=True)
+    assert response.headers["Content-Encoding"] == "gzip"
+    body = gzip.decompress(response.raw.read())
+    assert parse(body.decode())["polarity_up"][labels()] == 1
+
+
+def test_metrics_are_plain_without_gzip(exporter: ExporterProcess) -> None:
+    response = requests.get(exporter.url + "/metrics", headers={"Accept-Encoding": "identity"},
+                            timeout=30)
+    assert "Content-Encoding" not in response.headers
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+
+
+def test_openmetrics_when_asked(exporter: ExporterProcess) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    response = requests.get(exporter.url + "/metrics", timeout=30,
+                            headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert {"polarity_up", "polarity_integration_running"} <= names
+
+
+def test_telemetry_path_is_configurable(simulator: Simulator, start_exporter: Any) -> None:
+    exp = start_exporter(f"--polarity.url={simulator.url}", "--web.telemetry-path=/probe",
+                         env=PASSWORD_ENV)
+    assert scrape(exp.url + "/probe")["polarity_up"][labels()] == 1
+    assert requests.get(exp.url + "/metrics", timeout=10).status_code == 404
+
+
+def test_scrape_finishes_inside_prometheus_timeout(start_exporter: Any) -> None:
+    # Every request to this simulator takes 0.6 s: the listing alone cannot fit in 1 s.
+    config = SimulatorConfig(seed=2, integrations=30, errors=5, latency=0.6,
+                             users={SIM_USER: SIM_PASSWORD})
+    with Simulator(config) as sim:
+        exp = start_exporter(f"--polarity.url={sim.url}", "--polarity.page-size=5",
+                             "--polarity.max-concurrency=1", env=PASSWORD_ENV)
+        started = time.monotonic()
+        response = requests.get(exp.url + "/metrics", timeout=30,
+                                headers={"X-Prometheus-Scrape-Timeout-Seconds": "1.5"})
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert elapsed < 1.5
+    assert parse(response.text)["polarity_up"][labels()] == 0
+    assert "deadline" in exp.log()
+
+
+def test_promtool_check_metrics_is_clean(exporter: ExporterProcess) -> None:
+    import subprocess
+
+    promtool = require_tool("promtool")
+    body = exporter.metrics().text
+    result = subprocess.run([promtool, "check", "metrics"], input=body, text=True,
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def test_sigterm_finishes_an_inflight_scrape(start_exporter: Any) -> None:
+    import threading
+
+    config = SimulatorConfig(seed=2, integrations=5, errors=5, latency=0.5,
+                             users={SIM_USER: SIM_PASSWORD})
+    with Simulator(config) as sim:
+        exp = start_exporter(f"--polarity.url={sim.url}", env=PASSWORD_ENV)
+        result: dict[str, Any] = {}
+        scraping = threading.Thread(
+            target=lambda: result.update(response=requests.get(exp.url + "/metrics", timeout=30)))
+        scraping.start()
+        # Wait until the scrape has reached Polarity before asking the exporter to stop.
+        deadline = time.monotonic() + 10
+        while not sim.counts[("POST", "/api/users/login")] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert exp.stop() == 0
+        scraping.join()
+        assert result["response"].status_code == 200
+        assert parse(result["response"].text)["polarity_up"][labels()] == 1
+        assert sim.counts[("POST", "/api/users/logout")] == 1
