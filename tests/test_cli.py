@@ -114,3 +114,28 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([str(script), "--version"], text=True, capture_output=True,
                             timeout=30)
     assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_demo_serves_metrics_at_the_printed_url(tmp_path: Path) -> None:
+    import re
+
+    import requests
+    from conftest import free_port, wait_until_ready
+
+    port = free_port()
+    out = tmp_path / "demo.out"
+    with out.open("w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "polarity_exporter", "--demo",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=handle, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/-/ready", proc)
+        match = re.search(r"metrics at (http://\S+)", out.read_text())
+        assert match, out.read_text()
+        body = requests.get(match.group(1), timeout=30).text
+        assert "polarity_up 1.0" in body
+        assert 'polarity_scrape_collector_success{collector="errors"} 1.0' in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert proc.returncode == 0

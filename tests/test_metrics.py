@@ -180,3 +180,45 @@ def test_api_key_authenticates_as_bearer(start_exporter: Any, tmp_path: Any) -> 
         assert sim.counts[("POST", "/api/users/login")] == 0
     assert samples["polarity_up"][labels()] == 1
     assert len(samples["polarity_integration_info"]) == 6
+
+
+def test_code_cap_is_configurable_and_sums_the_rest(simulator: Simulator,
+                                                    start_exporter: Any) -> None:
+    exp = start_exporter(f"--polarity.url={simulator.url}", "--collector.max-codes=3",
+                         env=PASSWORD_ENV)
+    samples = scrape(f"{exp.url}/metrics")
+    codes = expected_errors(simulator.dataset.errors, max_codes=3)["codes"]
+    expected = {labels(integration_id=i, code=c): v[0]
+                for i, per_code in codes.items() for c, v in per_code.items()}
+    assert samples["polarity_integration_error_occurrences"] == expected
+    assert samples["polarity_scrape_error_codes_folded"][labels()] > 0
+
+
+def test_label_values_are_cut_to_the_configured_length(simulator: Simulator,
+                                                       start_exporter: Any) -> None:
+    exp = start_exporter(f"--polarity.url={simulator.url}", "--collector.max-label-length=12",
+                         env=PASSWORD_ENV)
+    samples = scrape(f"{exp.url}/metrics")
+    values = [v for name, series in samples.items() if name.startswith("polarity_integration")
+              for key in series for _, v in key]
+    assert values and max(len(v) for v in values) == 12
+    assert any(v.endswith("\u2026") for v in values)
+
+
+def test_registering_the_collector_does_not_call_polarity(simulator: Simulator) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from polarity_exporter.client import PolarityClient
+    from polarity_exporter.collector import PolarityCollector
+    from polarity_exporter.config import CollectorConfig, Password, PolarityConfig
+
+    client = PolarityClient(PolarityConfig(simulator.url, Password(SIM_USER, SIM_PASSWORD)))
+    collector = PolarityCollector(client, CollectorConfig(), default_timeout=5)
+    try:
+        CollectorRegistry().register(collector)
+        assert sum(simulator.counts.values()) == 0
+        names = {family.name for family in collector.describe()}
+        assert {"polarity_up", "polarity_integration_error_occurrences"} <= names
+    finally:
+        collector.close()
+        client.close()

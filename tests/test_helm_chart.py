@@ -1,0 +1,599 @@
+"""The Helm chart (helm/polarity-exporter) and the sidecar example (helm/examples/sidecar).
+
+Real Helm (v4, embedded through helm-python-sdk) lints and renders the chart with the default
+values and with every file under the chart's ci/. Every rendered object of a built-in kind is
+validated by kubernetes-validate in strict mode (unknown fields are errors) against each
+Kubernetes minor from KUBE_MIN to KUBE_MAX. kubernetes-validate ships no schemas for the
+prometheus-operator CRDs, so ServiceMonitor, PodMonitor and PrometheusRule are checked here
+against the fields of monitoring.coreos.com/v1 that the chart uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import importlib
+import json
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from conftest import IN_CI, REPO
+
+helm = pytest.importorskip("helm_python")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+CHART = REPO / "helm" / "polarity-exporter"
+SIDECAR = REPO / "helm" / "examples" / "sidecar"
+RULES_SOURCE = REPO / "prometheus" / "polarity-alerts.yml"
+DASHBOARDS_SOURCE = REPO / "grafana" / "dashboards"
+RULES_COPY = CHART / "files" / "polarity-alerts.yml"
+DASHBOARDS_COPY = CHART / "files" / "dashboards"
+
+# The supported range, stated in the chart README; Chart.yaml's kubeVersion is ">=1.28.0-0".
+KUBE_MIN, KUBE_MAX = 28, 35
+KUBE_VERSIONS = [f"1.{minor}.0" for minor in range(KUBE_MIN, KUBE_MAX + 1)]
+# Native sidecars (initContainers with restartPolicy: Always) are on by default from 1.29.
+NATIVE_SIDECAR_VERSIONS = [v for v in KUBE_VERSIONS if int(v.split(".")[1]) >= 29]
+
+RELEASE, NAMESPACE = "polarity", "monitoring"
+CI_FILES = sorted((CHART / "ci").glob("*.yaml"))
+VALUES_CASES = [pytest.param(None, id="defaults")] + [
+    pytest.param(path, id=path.stem) for path in CI_FILES
+]
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+SECRET_ENV = {"POLARITY_PASSWORD", "POLARITY_API_KEY"}
+
+
+def load_values(path: Path | None) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) if path is not None else {}
+
+
+def render(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Template path -> rendered text, exactly as `helm template` would produce it."""
+    with helm.Chart.load(CHART) as chart:
+        rendered: dict[str, str] = chart.render(
+            values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True
+        )
+    return rendered
+
+
+def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path, text in rendered.items():
+        if path.endswith(".yaml"):
+            docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def notes(rendered: dict[str, str]) -> str:
+    return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+
+
+def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [doc for doc in docs if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def exporter_container(workload: dict[str, Any]) -> dict[str, Any]:
+    spec = pod_spec(workload)
+    containers = spec.get("initContainers", []) + spec["containers"]
+    return next(c for c in containers if c["name"] == "polarity-exporter")
+
+
+def require_source(path: Path) -> None:
+    """The repo's rules/dashboards come from another part of the project: fail under CI."""
+    if not path.exists():
+        message = f"{path.relative_to(REPO)} does not exist"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def require_synced_copies() -> None:
+    require_source(RULES_SOURCE)
+    require_source(DASHBOARDS_SOURCE)
+
+
+@functools.cache
+def rendered_case(path: Path | None) -> dict[str, str]:
+    """Each values case is rendered once per session (rendering is the slow part)."""
+    values = load_values(path)
+    if any(values.get(key, {}).get("enabled") for key in ("prometheusRule", "dashboards")):
+        require_synced_copies()
+    return render(values)
+
+
+def case_objects(path: Path | None) -> list[dict[str, Any]]:
+    return objects(rendered_case(path))
+
+
+def lint_errors(report: dict[str, Any]) -> list[str]:
+    # Severity 1 is info ("icon is recommended"); strict lint fails on warnings (2) and errors (3).
+    return [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2] + list(
+        report["errors"]
+    )
+
+
+# --- lint and render -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", VALUES_CASES)
+@pytest.mark.parametrize("kube_version", [KUBE_VERSIONS[0], KUBE_VERSIONS[-1]])
+def test_chart_lints_strictly(values_file: Path | None, kube_version: str) -> None:
+    report = helm.lint(
+        CHART, load_values(values_file), strict=True, kube_version=f"v{kube_version}"
+    )
+    assert lint_errors(report) == []
+
+
+def test_ci_values_matrix_covers_each_credential_path() -> None:
+    combos = set()
+    for path in CI_FILES:
+        auth = load_values(path).get("auth", {})
+        combos.add((auth.get("type", "password"), bool(auth.get("existingSecret")),
+                    auth.get("mountAs", "file")))
+    kinds = {combo[0] for combo in combos}
+    assert kinds == {"password", "apiKey"}
+    assert {combo[1] for combo in combos} == {True, False}, "existing and chart-created Secret"
+    assert {combo[2] for combo in combos} == {"file", "env"}
+
+
+@pytest.mark.parametrize("values_file", VALUES_CASES)
+def test_rendered_objects_pass_strict_kubernetes_schemas(
+    values_file: Path | None
+) -> None:
+    docs = case_objects(values_file)
+    built_in = [doc for doc in docs if doc["kind"] not in CRD_KINDS]
+    assert {"Deployment", "ServiceAccount"} <= {doc["kind"] for doc in built_in}
+    for version in KUBE_VERSIONS:
+        for doc in built_in:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_strict_validation_rejects_an_unknown_field() -> None:
+    """Guards the check above: strict mode must really reject what Kubernetes would drop."""
+    deployment = only(objects(render()), "Deployment")
+    exporter_container(deployment)["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+
+
+# Fields of monitoring.coreos.com/v1 (prometheus-operator API) the chart may emit.
+MONITOR_SPEC_FIELDS = {"jobLabel", "namespaceSelector", "selector", "endpoints",
+                       "podMetricsEndpoints"}
+ENDPOINT_FIELDS = {"port", "path", "scheme", "interval", "scrapeTimeout", "tlsConfig",
+                   "basicAuth", "relabelings", "metricRelabelings"}
+RULE_FIELDS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+
+
+def check_custom_resource(doc: dict[str, Any]) -> None:
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(doc["metadata"]) <= {"name", "namespace", "labels", "annotations"}
+    spec = doc["spec"]
+    if doc["kind"] == "PrometheusRule":
+        assert set(spec) == {"groups"}
+        for group in spec["groups"]:
+            assert set(group) <= {"name", "interval", "rules", "limit"} and group["rules"]
+            for rule in group["rules"]:
+                assert set(rule) <= RULE_FIELDS and isinstance(rule["expr"], str | int)
+        return
+    endpoints_key = "endpoints" if doc["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
+    assert set(spec) <= MONITOR_SPEC_FIELDS and spec["selector"]["matchLabels"]
+    for endpoint in spec[endpoints_key]:
+        assert set(endpoint) <= ENDPOINT_FIELDS
+        assert isinstance(endpoint["port"], str), "monitors select ports by name"
+        assert endpoint["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("values_file", VALUES_CASES)
+def test_custom_resources_use_only_known_fields(
+    values_file: Path | None
+) -> None:
+    for doc in case_objects(values_file):
+        if doc["kind"] in CRD_KINDS:
+            check_custom_resource(doc)
+
+
+def test_optional_cluster_features_are_off_by_default() -> None:
+    kinds = {doc["kind"] for doc in objects(render())}
+    assert kinds.isdisjoint(CRD_KINDS | {"NetworkPolicy", "PodDisruptionBudget", "ConfigMap"})
+    with helm.Chart.load(CHART) as chart:
+        assert chart.values["resources"] == {}
+
+
+# --- credentials ---------------------------------------------------------------------------------
+
+
+def secret_values(values: dict[str, Any]) -> list[str]:
+    auth = values.get("auth", {})
+    return [auth[key] for key in ("password", "apiKey") if auth.get(key)]
+
+
+@pytest.mark.parametrize("values_file", VALUES_CASES)
+def test_no_secret_in_args_or_plain_env(
+    values_file: Path | None
+) -> None:
+    docs = case_objects(values_file)
+    container = exporter_container(only(docs, "Deployment"))
+    plain = container.get("args", []) + [e.get("value", "") for e in container.get("env", [])]
+    for secret in secret_values(load_values(values_file)):
+        assert not any(secret in item for item in plain)
+    for env in container.get("env", []):
+        if env["name"] in SECRET_ENV:
+            assert "value" not in env and "secretKeyRef" in env["valueFrom"]
+    assert not any(arg.startswith(("--polarity.password=", "--polarity.api-key="))
+                   for arg in container.get("args", []))
+
+
+@pytest.mark.parametrize("values_file", [p for p in VALUES_CASES if p.values[0] is not None])
+def test_credentials_come_from_the_named_secret(
+    values_file: Path
+) -> None:
+    values = load_values(values_file)
+    auth = values["auth"]
+    docs = case_objects(values_file)
+    deployment = only(docs, "Deployment")
+    container, spec = exporter_container(deployment), pod_spec(deployment)
+    secret_name = auth.get("existingSecret") or only(docs, "Secret")["metadata"]["name"]
+    keys = {"username": "username", "password": "password", "apiKey": "api-key"}
+    keys.update(auth.get("secretKeys", {}))
+    key = keys["apiKey" if auth.get("type") == "apiKey" else "password"]
+    env = {e["name"]: e for e in container["env"]}
+    if auth.get("mountAs", "file") == "env":
+        name = "POLARITY_API_KEY" if auth.get("type") == "apiKey" else "POLARITY_PASSWORD"
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret_name, "key": key}
+        return
+    name = "POLARITY_API_KEY_FILE" if auth.get("type") == "apiKey" else "POLARITY_PASSWORD_FILE"
+    file_path = Path(env[name]["value"])
+    mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == file_path.parent)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == secret_name
+    assert {"key": key, "path": file_path.name} in volume["secret"]["items"]
+
+
+def test_chart_created_secret_holds_the_given_credentials() -> None:
+    docs = objects(render({"polarity": {"url": "https://p.example"},
+                           "auth": {"username": "u1", "password": "s3cret"}}))
+    secret = only(docs, "Secret")
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded == {"username": "u1", "password": "s3cret"}
+
+
+def checksum(values: dict[str, Any]) -> str | None:
+    template = only(objects(render(values)), "Deployment")["spec"]["template"]
+    annotations: dict[str, str] = template["metadata"].get("annotations", {})
+    return annotations.get("checksum/secret")
+
+
+def test_changed_chart_secret_rolls_the_pod() -> None:
+    first = checksum({"auth": {"username": "u", "password": "one"}})
+    assert first is not None
+    assert checksum({"auth": {"username": "u", "password": "one"}}) == first
+    assert checksum({"auth": {"username": "u", "password": "two"}}) != first
+
+
+def test_existing_secret_is_used_without_creating_one() -> None:
+    docs = objects(render({"auth": {"existingSecret": "mine", "password": "ignored"}}))
+    assert "Secret" not in {doc["kind"] for doc in docs}
+    assert checksum({"auth": {"existingSecret": "mine"}}) is None
+
+
+def test_ca_bundle_is_mounted_where_ca_file_points() -> None:
+    for source in ("configMap", "secret"):
+        ca = {source: "corp-ca", "key": "root.pem"}
+        deployment = only(objects(render({"polarity": {"tls": {"ca": ca}}})), "Deployment")
+        container, spec = exporter_container(deployment), pod_spec(deployment)
+        arg = next(a for a in container["args"] if a.startswith("--polarity.ca-file="))
+        ca_file = Path(arg.split("=", 1)[1])
+        mount = next(m for m in container["volumeMounts"]
+                     if Path(m["mountPath"]) == ca_file.parent)
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        ref = volume["configMap"]["name"] if source == "configMap" else volume["secret"][
+            "secretName"]
+        items = volume.get("configMap", volume.get("secret"))["items"]
+        assert ref == "corp-ca" and {"key": "root.pem", "path": ca_file.name} in items
+
+
+def test_insecure_skip_verify_switch_adds_the_flag() -> None:
+    def args(skip: bool) -> list[str]:
+        values = {"polarity": {"tls": {"insecureSkipVerify": skip}}}
+        container = exporter_container(only(objects(render(values)), "Deployment"))
+        result: list[str] = container["args"]
+        return result
+
+    assert "--polarity.insecure-skip-verify" in args(True)
+    assert "--polarity.insecure-skip-verify" not in args(False)
+
+
+# --- the exporter's real CLI ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli() -> click.Command:
+    """The exporter's click command, found by type (its attribute name is not an interface)."""
+    try:
+        module = importlib.import_module("polarity_exporter.cli")
+    except ImportError as exc:  # the core exporter is another part of the project
+        if IN_CI:
+            pytest.fail(f"polarity_exporter.cli is missing: {exc}")
+        pytest.skip(f"polarity_exporter.cli is missing: {exc}")
+    return next(v for v in vars(module).values() if isinstance(v, click.Command))
+
+
+def parse_args(cli: click.Command, args: list[str], tmp_path: Path) -> None:
+    """Parse args as the container entrypoint would; no callback runs.
+
+    --polarity.ca-file must name an existing file, which only exists inside the pod, so it is
+    pointed at a local stand-in; the flag itself is still parsed for real.
+    """
+    stand_in = tmp_path / "ca.pem"
+    stand_in.write_text("stand-in")
+    local = [f"--polarity.ca-file={stand_in}" if a.startswith("--polarity.ca-file=") else a
+             for a in args]
+    cli.make_context("polarity-exporter", local)
+
+
+def check_env_names(cli: click.Command, container: dict[str, Any]) -> None:
+    known = {p.envvar for p in cli.params if isinstance(p.envvar, str)} | SECRET_ENV
+    used = {e["name"] for e in container.get("env", []) if e["name"].startswith("POLARITY_")}
+    assert used <= known
+
+
+@pytest.mark.parametrize("values_file", VALUES_CASES)
+def test_rendered_args_and_env_are_real_cli_options(
+    cli: click.Command, values_file: Path | None, tmp_path: Path
+) -> None:
+    container = exporter_container(only(case_objects(values_file), "Deployment"))
+    parse_args(cli, list(container["args"]), tmp_path)
+    check_env_names(cli, container)
+
+
+# --- probes, security, monitors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", VALUES_CASES)
+def test_probes_use_health_endpoints_never_metrics(
+    values_file: Path | None
+) -> None:
+    container = exporter_container(only(case_objects(values_file), "Deployment"))
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    port_names = {p["name"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"]["port"] in port_names
+
+
+def check_pod_security(spec: dict[str, Any], container: dict[str, Any]) -> None:
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    merged = {**spec["securityContext"], **container["securityContext"]}
+    assert merged["runAsNonRoot"] is True
+    assert isinstance(merged["runAsUser"], int) and merged["runAsUser"] > 0
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+
+
+@pytest.mark.parametrize("values_file", VALUES_CASES)
+def test_pod_runs_non_root_read_only_without_privileges(
+    values_file: Path | None
+) -> None:
+    docs = case_objects(values_file)
+    deployment = only(docs, "Deployment")
+    check_pod_security(pod_spec(deployment), exporter_container(deployment))
+    service_account = only(docs, "ServiceAccount")
+    assert service_account["automountServiceAccountToken"] is False
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_service_monitor_selects_the_service_port_by_name() -> None:
+    docs = case_objects(CHART / "ci" / "password-monitors-rules-values.yaml")
+    monitor, service = only(docs, "ServiceMonitor"), only(docs, "Service")
+    deployment = only(docs, "Deployment")
+    assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert NAMESPACE in monitor["spec"]["namespaceSelector"]["matchNames"]
+    port = monitor["spec"]["endpoints"][0]["port"]
+    service_port = next(p for p in service["spec"]["ports"] if p["name"] == port)
+    container_ports = {p["name"] for p in exporter_container(deployment)["ports"]}
+    assert service_port["targetPort"] in container_ports
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert matches(service["spec"]["selector"], pod_labels)
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_pod_monitor_selects_the_container_port_by_name() -> None:
+    docs = case_objects(CHART / "ci" / "sidecar-style-values.yaml")
+    monitor, deployment = only(docs, "PodMonitor"), only(docs, "Deployment")
+    assert "Service" not in {doc["kind"] for doc in docs}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert matches(monitor["spec"]["selector"]["matchLabels"], labels)
+    port_names = {p["name"] for p in exporter_container(deployment)["ports"]}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in port_names
+
+
+def test_network_policy_admits_scrapes_on_the_metrics_port() -> None:
+    docs = case_objects(CHART / "ci" / "password-monitors-rules-values.yaml")
+    policy, deployment = only(docs, "NetworkPolicy"), only(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert matches(policy["spec"]["podSelector"]["matchLabels"], labels)
+    port_names = {p["name"] for p in exporter_container(deployment)["ports"]}
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} <= port_names
+
+
+def test_notes_name_objects_the_release_creates() -> None:
+    rendered = render({"polarity": {"url": "https://p.example"},
+                       "auth": {"username": "u", "password": "p"}})
+    text = notes(rendered)
+    service = only(objects(rendered), "Service")["metadata"]["name"]
+    assert f"service/{service} " in text
+    assert "WARNING" not in text
+
+
+def test_notes_warn_when_url_or_credentials_are_missing() -> None:
+    text = notes(render())
+    assert "polarity.url is empty" in text and "no credentials are configured" in text
+
+
+# --- values.schema.json --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param({"imagee": {"tag": "x"}}, id="top-level"),
+    pytest.param({"serviceMonitor": {"enabled": True, "intervall": "30s"}}, id="nested"),
+    pytest.param({"auth": {"existingSecrett": "x"}}, id="auth"),
+    pytest.param({"polarity": {"tls": {"insecureSkipVerfy": True}}}, id="deep"),
+])
+def test_schema_rejects_typos(values: dict[str, Any]) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(values)
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param({"replicaCount": "two"}, id="int"),
+    pytest.param({"serviceMonitor": {"enabled": "yes"}}, id="bool"),
+    pytest.param({"auth": {"mountAs": "args"}}, id="enum"),
+    pytest.param({"polarity": {"url": "polarity.example.com"}}, id="url"),
+    pytest.param({"serviceMonitor": {"interval": 30}}, id="duration"),
+    pytest.param({"extraEnv": {"A": "b"}}, id="list"),
+])
+def test_schema_rejects_wrong_types(values: dict[str, Any]) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(values)
+
+
+def test_schema_accepts_the_defaults_and_every_ci_file() -> None:
+    with helm.Chart.load(CHART) as chart:
+        for path in [None, *CI_FILES]:
+            chart.validate_schema(load_values(path))
+
+
+def test_every_default_value_is_described_by_the_schema() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["additionalProperties"] is False
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(defaults) <= set(schema["properties"])
+
+
+def test_app_version_matches_the_package_version() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version and chart["apiVersion"] == "v2"
+    assert chart["kubeVersion"] == f">=1.{KUBE_MIN}.0-0"
+
+
+# --- one source of truth for rules and dashboards ------------------------------------------------
+
+
+def test_chart_rules_copy_equals_the_repo_rules() -> None:
+    require_source(RULES_SOURCE)
+    assert RULES_COPY.exists(), "run helm/sync-chart-files.sh"
+    assert RULES_COPY.read_bytes() == RULES_SOURCE.read_bytes(), "run helm/sync-chart-files.sh"
+
+
+def test_chart_dashboards_copy_equals_the_repo_dashboards() -> None:
+    require_source(DASHBOARDS_SOURCE)
+    source = {p.name: p.read_bytes() for p in DASHBOARDS_SOURCE.glob("*.json")}
+    copy = {p.name: p.read_bytes() for p in DASHBOARDS_COPY.glob("*.json")}
+    assert source, "grafana/dashboards/ has no dashboards"
+    assert copy == source, "run helm/sync-chart-files.sh"
+
+
+def test_prometheus_rule_embeds_the_repo_rules() -> None:
+    require_synced_copies()
+    docs = case_objects(CHART / "ci" / "password-monitors-rules-values.yaml")
+    rule = only(docs, "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES_SOURCE.read_text())["groups"]
+
+
+def test_dashboards_configmap_embeds_the_repo_dashboards() -> None:
+    require_synced_copies()
+    docs = case_objects(CHART / "ci" / "password-monitors-rules-values.yaml")
+    configmap = only(docs, "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    source = {p.name: p.read_text() for p in DASHBOARDS_SOURCE.glob("*.json")}
+    assert configmap["data"] == source
+    assert {"polarity-overview.json", "polarity-integration.json"} <= set(configmap["data"])
+
+
+# --- the sidecar example -------------------------------------------------------------------------
+
+
+def sidecar_docs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted(SIDECAR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield path.name, doc
+
+
+def test_sidecar_examples_pass_strict_kubernetes_schemas() -> None:
+    names = set()
+    for name, doc in sidecar_docs():
+        names.add(name)
+        if doc["kind"] in CRD_KINDS:
+            check_custom_resource(doc)
+            continue
+        versions = NATIVE_SIDECAR_VERSIONS if name.startswith("native") else KUBE_VERSIONS
+        for version in versions:
+            kubernetes_validate.validate(doc, version, strict=True)
+    assert {"native-sidecar.yaml", "classic-sidecar.yaml", "podmonitor.yaml"} <= names
+
+
+def sidecar_workloads() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, doc) for name, doc in sidecar_docs() if doc["kind"] == "Deployment"]
+
+
+def test_native_sidecar_is_an_init_container_that_keeps_running() -> None:
+    workloads = dict(sidecar_workloads())
+    native = pod_spec(workloads["native-sidecar.yaml"])
+    sidecar = next(c for c in native["initContainers"] if c["name"] == "polarity-exporter")
+    assert sidecar["restartPolicy"] == "Always"
+    classic = pod_spec(workloads["classic-sidecar.yaml"])
+    assert "polarity-exporter" in {c["name"] for c in classic["containers"]}
+
+
+def test_sidecar_examples_are_secure_and_probe_health_endpoints() -> None:
+    secrets = {doc["metadata"]["name"] for _, doc in sidecar_docs() if doc["kind"] == "Secret"}
+    for _, workload in sidecar_workloads():
+        spec, container = pod_spec(workload), exporter_container(workload)
+        check_pod_security(spec, container)
+        assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+        env = {e["name"]: e for e in container["env"]}
+        assert SECRET_ENV.isdisjoint(env) or all(
+            "secretKeyRef" in env[n]["valueFrom"] for n in SECRET_ENV & set(env))
+        key_file = Path(env["POLARITY_API_KEY_FILE"]["value"])
+        mount = next(m for m in container["volumeMounts"]
+                     if Path(m["mountPath"]) == key_file.parent)
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] in secrets
+
+
+def test_sidecar_args_and_env_are_real_cli_options(cli: click.Command, tmp_path: Path) -> None:
+    for _, workload in sidecar_workloads():
+        container = exporter_container(workload)
+        parse_args(cli, list(container["args"]), tmp_path)
+        check_env_names(cli, container)
+
+
+def test_sidecar_pod_monitor_selects_the_sidecar_port_by_name() -> None:
+    monitor = next(doc for _, doc in sidecar_docs() if doc["kind"] == "PodMonitor")
+    for _, workload in sidecar_workloads():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert matches(monitor["spec"]["selector"]["matchLabels"], labels)
+        port_names = {p["name"] for p in exporter_container(workload)["ports"]}
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in port_names
