@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint dashboards clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,12 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest
+
+# After changing the dashboards' generator or the alert rules: regenerate the JSON and refresh the
+# Helm chart's copies (tests fail while they differ).
+dashboards: $(STAMP)
+	$(PY) grafana/generate.py
+	helm/sync-chart-files.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
