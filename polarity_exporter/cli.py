@@ -14,15 +14,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from prometheus_client import Metric, ProcessCollector
 
 from polarity_exporter import __version__
 from polarity_exporter.client import PolarityClient
-from polarity_exporter.collector import PolarityCollector
+from polarity_exporter.collector import PolarityCollector, ScrapeResult
 from polarity_exporter.config import (
     DEFAULT_PORT,
     CollectorConfig,
@@ -36,7 +37,11 @@ from polarity_exporter.config import (
     parse_listen_address,
 )
 from polarity_exporter.logs import LEVELS, setup_logging
-from polarity_exporter.web import ExporterApp, Landing, bind
+from polarity_exporter.scrapecache import SharedScrape
+from polarity_exporter.web import ExporterApp, Landing, ThreadingServer, bind
+
+if TYPE_CHECKING:
+    from polarity_exporter.webconfig import WebSecurity
 
 log = logging.getLogger("polarity_exporter")
 ENV = "POLARITY_EXPORTER_"
@@ -79,6 +84,11 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
          help="Path of the metrics endpoint.")
 @_option("--web.timeout-offset", ENV + "WEB_TIMEOUT_OFFSET", type=click.FloatRange(min=0),
          default=0.5, help="Seconds subtracted from Prometheus' scrape timeout.")
+@_option("--web.config.file", ENV + "WEB_CONFIG_FILE",
+         help="Prometheus exporter-toolkit web config (YAML): TLS, basic auth, headers.")
+@_option("--cache.ttl", ENV + "CACHE_TTL", type=click.FloatRange(min=0), default=0.0,
+         help="Seconds to reuse a scrape result (0: off). Concurrent scrapes always share one "
+              "fetch.")
 @_option("--log.level", ENV + "LOG_LEVEL", type=click.Choice(list(LEVELS)), default="info",
          help="Log level.")
 @_option("--log.format", ENV + "LOG_FORMAT", type=click.Choice(["logfmt", "json"]),
@@ -94,7 +104,8 @@ def command(**flags: Any) -> None:
         simulator, flags = _start_demo(flags)
     try:
         config = build_config(flags)
-        run(config)
+        run(config, security=load_security(flags.get("web_config_file")),
+            cache_ttl=flags.get("cache_ttl") or 0.0)
     finally:
         if simulator is not None:
             simulator.stop()
@@ -134,6 +145,15 @@ def build_config(flags: dict[str, Any]) -> Config:
     )
 
 
+def load_security(path: str | None) -> WebSecurity | None:
+    if not path:
+        return None
+    # Imported only when asked for: it needs bcrypt and PyYAML.
+    from polarity_exporter.webconfig import load_web_config
+
+    return load_web_config(path)
+
+
 def _start_demo(flags: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     # Imported here only: the simulator is never part of the exporter's normal path.
     from polarity_exporter.simulator import Simulator, SimulatorConfig
@@ -148,8 +168,38 @@ def _start_demo(flags: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
                        "credentials": Password(username, password)}
 
 
-def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then finish in-flight scrapes and log out."""
+@dataclass
+class Exporter:
+    """The exporter wired together and bound to its port; serve() starts answering."""
+
+    server: ThreadingServer
+    app: ExporterApp
+    client: PolarityClient
+    collector: PolarityCollector
+    scheme: str
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def serve(self, poll_interval: float = 0.5) -> threading.Thread:
+        # poll_interval bounds how long close() waits for the accept loop to notice.
+        thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True,
+                                  kwargs={"poll_interval": poll_interval})
+        thread.start()
+        self.app.ready.set()
+        return thread
+
+    def close(self) -> None:
+        """Stop accepting, finish scrapes in flight, log out of Polarity."""
+        self.server.shutdown()
+        self.server.server_close()  # waits for scrapes in flight
+        self.collector.close()
+        self.client.close()
+
+
+def build_exporter(config: Config, security: WebSecurity | None = None,
+                   cache_ttl: float = 0.0) -> Exporter:
     polarity = config.polarity
     if polarity.insecure_skip_verify:
         log.warning("TLS certificate verification of Polarity is disabled",
@@ -157,18 +207,31 @@ def run(config: Config) -> None:
     client = PolarityClient(polarity)
     collector = PolarityCollector(client, config.collector, polarity.timeout)
     process = ProcessCollector(registry=None)
+    # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
+    shared = SharedScrape(collector.scrape, ttl=cache_ttl,
+                          late=lambda _timeout: collector.build(ScrapeResult()))
 
     def scrape(timeout: float) -> list[Metric]:
-        return [*collector.scrape(timeout), *process.collect()]
+        return [*shared(timeout), *process.collect()]
 
     app = ExporterApp(scrape, telemetry_path=config.web.telemetry_path,
                       default_timeout=polarity.timeout, timeout_offset=config.web.timeout_offset,
-                      landing=Landing("Polarity Exporter", __version__, polarity.url))
+                      landing=Landing("Polarity Exporter", __version__, polarity.url),
+                      security=security)
+    tls = security.ssl_context() if security is not None else None
     try:
-        server = bind(app, config.web.host, config.web.port)
+        server = bind(app, config.web.host, config.web.port, tls=tls)
     except OSError as exc:
+        collector.close()
+        client.close()
         raise ConfigError(f"cannot listen on {config.web.host}:{config.web.port}: "
                           f"{exc.strerror or exc}") from None
+    return Exporter(server, app, client, collector, "https" if tls else "http")
+
+
+def run(config: Config, security: WebSecurity | None = None, cache_ttl: float = 0.0) -> None:
+    """Serve until SIGTERM or SIGINT, then finish in-flight scrapes and log out."""
+    exporter = build_exporter(config, security, cache_ttl)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -177,20 +240,18 @@ def run(config: Config) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serving = threading.Thread(target=server.serve_forever, name="http", daemon=True)
-    serving.start()
-    app.ready.set()
+    exporter.serve()
     host = config.web.host or "localhost"
     host = f"[{host}]" if ":" in host else host
-    url = f"http://{host}:{server.server_port}{config.web.telemetry_path}"
-    log.info("listening", extra={"address": f"{config.web.host}:{server.server_port}",
-                                 "metrics": url, "version": __version__})
+    url = f"{exporter.scheme}://{host}:{exporter.port}{config.web.telemetry_path}"
+    log.info("listening", extra={"address": f"{config.web.host}:{exporter.port}",
+                                 "metrics": url, "version": __version__,
+                                 "tls": exporter.scheme == "https",
+                                 "basic_auth": bool(security and security.basic_auth),
+                                 "cache_ttl": cache_ttl})
     click.echo(f"polarity-exporter {__version__}: metrics at {url}")
     stop.wait()
-    server.shutdown()
-    server.server_close()  # waits for scrapes in flight
-    collector.close()
-    client.close()
+    exporter.close()
 
 
 def main() -> None:

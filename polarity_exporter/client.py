@@ -7,13 +7,14 @@ connections and its login token are reused across scrapes. Every failure surface
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -37,6 +38,8 @@ MAX_PAGES = 1000
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 # How much of a streamed body is kept to explain a malformed one.
 HEAD_BYTES = 64 * 1024
+# A 429 is retried at most once per request, after its Retry-After, and only inside the deadline.
+MAX_RATE_LIMIT_RETRIES = 1
 
 
 class PolarityError(Exception):
@@ -59,6 +62,10 @@ class DeadlineExceeded(PolarityError):
     """The scrape deadline ran out before Polarity answered."""
 
 
+class RateLimitedError(PolarityError):
+    """Polarity answered 429 and its Retry-After has not passed: retrying now would hammer it."""
+
+
 class Deadline:
     """A point in time by which a scrape must be done (monotonic clock)."""
 
@@ -69,10 +76,12 @@ class Deadline:
     def remaining(self) -> float:
         return self.end - time.monotonic()
 
-    def check(self, what: str) -> float:
+    def check(self, what: str, why: str = "") -> float:
         remaining = self.remaining()
         if remaining <= 0:
-            raise DeadlineExceeded(f"{what}: scrape deadline of {self.seconds:.2f}s exceeded")
+            because = f" ({why})" if why else ""
+            raise DeadlineExceeded(f"{what}: scrape deadline of {self.seconds:.2f}s "
+                                   f"exceeded{because}")
         return remaining
 
 
@@ -103,7 +112,9 @@ def describe_exception(exc: BaseException) -> str:
     timeouts = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
     if isinstance(exc, timeouts):
         return "timed out"
-    if "Failed to resolve" in text or "Name or service not known" in text:
+    if any(marker in text for marker in ("Failed to resolve", "Name or service not known",
+                                          "Temporary failure in name resolution",
+                                          "nodename nor servname")):
         return "DNS lookup failed"
     errno = _ERRNO.search(text)
     if errno:
@@ -130,8 +141,11 @@ class _BodyReader:
     """
 
     def __init__(self, response: requests.Response, deadline: Deadline, what: str,
-                 read_timeout: float) -> None:
+                 read_timeout: float, repair_utf8: bool = False) -> None:
         self._raw = response.raw
+        # The streaming JSON parser rejects a whole body for one invalid UTF-8 byte; replacing
+        # such bytes with U+FFFD keeps every other record (json.loads callers decode themselves).
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace") if repair_utf8 else None
         self._raw.decode_content = True
         self._deadline = deadline
         self._what = what
@@ -149,13 +163,22 @@ class _BodyReader:
         try:
             chunk: bytes = self._raw.read1(size if size > 0 else 65536)
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-            self._deadline.check(self._what)
+            self._deadline.check(self._what, "the response body did not arrive in time")
             raise PolarityError(f"{self._what}: reading the response failed: "
                                 f"{describe_exception(exc)}") from None
         self.total += len(chunk)
         if len(self.head) < HEAD_BYTES:
             self.head += chunk[: HEAD_BYTES - len(self.head)]
+        if self._utf8 is not None:
+            chunk = self._repair(chunk, self._utf8)
         return chunk
+
+    @staticmethod
+    def _repair(chunk: bytes, decoder: codecs.IncrementalDecoder) -> bytes:
+        # ASCII needs no work unless a multi-byte sequence is pending from the last chunk.
+        if chunk and chunk.isascii() and not decoder.getstate()[0]:
+            return chunk
+        return decoder.decode(chunk, final=not chunk).encode("utf-8")
 
     def read_all(self, limit: int) -> bytes:
         chunks = []
@@ -198,11 +221,31 @@ def _check_json(response: requests.Response, what: str) -> None:
         raise ProtocolError(f"{what}: expected JSON, got Content-Type {content_type!r}")
 
 
-def _decode_json(body: bytes, what: str) -> Any:
+def _decode_json(body: bytes, what: str,
+                 object_hook: Callable[[dict[str, Any]], Any] | None = None) -> Any:
     try:
-        return json.loads(body.decode("utf-8", errors="replace"))
+        # strict=False: a raw control character inside a string is kept (and later cleaned
+        # from labels) instead of costing the whole page.
+        return json.loads(body.decode("utf-8", errors="replace"), strict=False,
+                          object_hook=object_hook)
     except ValueError as exc:
         raise ProtocolError(f"{what}: response is not valid JSON ({exc.args[0]})") from None
+
+
+def _forget_error_refs(obj: dict[str, Any]) -> dict[str, Any]:
+    """json object_hook for pages of integrations: keep only the length of each
+    relationships.integration-errors.data list (its references become None).
+
+    The exporter reads nothing else of them, and on a server with 100k error records they are
+    100k small dicts per listing (~35 MB); dropped as each integration is decoded, they never
+    pile up.
+    """
+    refs = obj.get("integration-errors")
+    if type(refs) is dict:
+        data = refs.get("data")
+        if type(data) is list and data:
+            refs["data"] = [None] * len(data)
+    return obj
 
 
 class PolarityClient:
@@ -214,7 +257,10 @@ class PolarityClient:
         self._session = requests.Session()
         self._session.headers.update({"Content-Type": JSONAPI, "Accept": JSONAPI,
                                       "User-Agent": "polarity-exporter"})
-        self._session.verify = config.ca_file or not config.insecure_skip_verify
+        # Passed on every request, not set on the session: requests lets REQUESTS_CA_BUNDLE or
+        # CURL_CA_BUNDLE in the environment override a session's verify, which would silently
+        # replace --polarity.ca-file and re-enable verification under --insecure-skip-verify.
+        self._verify: str | bool = config.ca_file or not config.insecure_skip_verify
         if config.insecure_skip_verify:
             # Warned about once at start-up instead of once per request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -276,6 +322,11 @@ class PolarityClient:
         with response:
             if response.status_code == 401:
                 raise AuthError(f"{what} failed: invalid username or password (HTTP 401)")
+            if response.status_code == 429:
+                # A POST is never retried; just make sure nothing calls Polarity too early.
+                wait = self._block_for(response)
+                raise PolarityError(f"{what} failed: rate limited by Polarity (HTTP 429)"
+                                    + (f", Retry-After {wait:.0f}s" if wait is not None else ""))
             if response.status_code != 200:
                 raise PolarityError(f"{what} failed: HTTP {response.status_code}"
                                     f"{self._detail_suffix(response)}")
@@ -346,19 +397,17 @@ class PolarityClient:
               auth: requests.auth.AuthBase, params: dict[str, str] | None = None,
               json_body: Any = None) -> requests.Response:
         """One HTTP exchange, streamed; connection failures become PolarityError."""
-        blocked = self._blocked_until - time.monotonic()
-        if blocked > 0:
-            raise PolarityError(f"{what}: Polarity asked to wait {blocked:.0f}s more "
-                                f"(HTTP 429 Retry-After); not calling it before then")
+        self._wait_for_rate_limit(deadline, what)
         remaining = deadline.check(what)
         timeout = min(self.config.timeout, remaining)
         try:
             return self._session.request(
                 method, self.base_url + path, params=params,
                 data=None if json_body is None else json.dumps(json_body),
-                auth=auth, timeout=(timeout, timeout), stream=True, allow_redirects=False)
+                auth=auth, timeout=(timeout, timeout), stream=True, allow_redirects=False,
+                verify=self._verify)
         except requests.RequestException as exc:
-            deadline.check(what)
+            deadline.check(what, f"no answer from {self.base_url}")
             raise PolarityError(f"{what}: cannot reach {self.base_url}: "
                                 f"{describe_exception(exc)}") from None
 
@@ -367,12 +416,13 @@ class PolarityClient:
         """An authenticated, idempotent GET with bounded retries inside the deadline."""
         relogged = False
         retries = 0
+        rate_limited = 0
         while True:
             token, generation = self._credential(deadline)
             try:
                 response = self._send("GET", path, deadline, what, auth=_Bearer(token),
                                       params=params)
-            except DeadlineExceeded:
+            except (DeadlineExceeded, RateLimitedError):
                 raise
             except PolarityError:
                 if retries >= MAX_RETRIES or not self._backoff(retries, deadline):
@@ -400,8 +450,8 @@ class PolarityClient:
                 raise ForbiddenError(f"{what}: {self.account} is not allowed (HTTP 403)"
                                      f"{self._detail_suffix(response)}")
             if status == 429:
-                self._rate_limited(response, deadline, what)
-                retries += 1
+                self._rate_limited(response, deadline, what, rate_limited)
+                rate_limited += 1
                 continue
             if status in RETRY_STATUSES and retries < MAX_RETRIES \
                     and self._backoff(retries, deadline):
@@ -417,16 +467,41 @@ class PolarityClient:
         time.sleep(pause)
         return True
 
-    def _rate_limited(self, response: requests.Response, deadline: Deadline, what: str) -> None:
-        """Wait out a 429 if Retry-After fits in the deadline; otherwise give up at once."""
+    def _block_for(self, response: requests.Response) -> float | None:
+        """Honour a 429's Retry-After for every request of this client, not just this one."""
         wait = _retry_after(response)
+        if wait is not None:
+            with self._auth_lock:
+                self._blocked_until = max(self._blocked_until, time.monotonic() + wait)
+        return wait
+
+    def _rate_limited(self, response: requests.Response, deadline: Deadline, what: str,
+                      earlier: int) -> None:
+        """After a 429: retry once after Retry-After if that fits in the deadline, else fail.
+
+        The block applies to all requests (pages fetched in parallel, later scrapes), so a
+        rate-limited Polarity is not called again before the time it asked for.
+        """
+        wait = self._block_for(response)
         if wait is None:
-            raise PolarityError(f"{what}: rate limited by Polarity (HTTP 429, no Retry-After)")
+            raise RateLimitedError(f"{what}: rate limited by Polarity "
+                                   "(HTTP 429, no Retry-After)")
+        if earlier >= MAX_RATE_LIMIT_RETRIES:
+            raise RateLimitedError(f"{what}: rate limited by Polarity again (HTTP 429), "
+                                f"Retry-After {wait:.0f}s")
         if wait + 0.1 >= deadline.remaining():
-            self._blocked_until = time.monotonic() + wait
-            raise PolarityError(f"{what}: rate limited by Polarity (HTTP 429), Retry-After "
-                                f"{wait:.0f}s does not fit in the scrape deadline")
-        time.sleep(wait)
+            raise RateLimitedError(f"{what}: rate limited by Polarity (HTTP 429), Retry-After "
+                                   f"{wait:.0f}s does not fit in the scrape deadline")
+
+    def _wait_for_rate_limit(self, deadline: Deadline, what: str) -> None:
+        """Sleep out a Retry-After that fits in the deadline; fail at once if it does not."""
+        blocked = self._blocked_until - time.monotonic()
+        if blocked <= 0:
+            return
+        if blocked + 0.1 >= deadline.remaining():
+            raise RateLimitedError(f"{what}: Polarity asked to wait {blocked:.0f}s more "
+                                f"(HTTP 429 Retry-After); not calling it before then")
+        time.sleep(blocked)
 
     # --- integrations -----------------------------------------------------------------------
 
@@ -436,7 +511,7 @@ class PolarityClient:
         with self._get("/api/integrations", deadline, what, params) as response:
             _check_json(response, what)
             body = _decode_json(_BodyReader(response, deadline, what, self.config.timeout)
-                                .read_all(MAX_PAGE_BYTES), what)
+                                .read_all(MAX_PAGE_BYTES), what, _forget_error_refs)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise ProtocolError(f"{what}: 'data' is not a list")
@@ -504,13 +579,15 @@ class PolarityClient:
         what = "/api/integrations/errors"
         with self._get("/api/integrations/errors", deadline, what) as response:
             _check_json(response, what)
-            reader = _BodyReader(response, deadline, what, self.config.timeout)
+            reader = _BodyReader(response, deadline, what, self.config.timeout, repair_utf8=True)
             count = 0
             try:
                 for item in ijson.items(reader, "data.item", use_float=True):
                     count += 1
                     yield item
-            except ijson.JSONError as exc:
+            except (ijson.JSONError, UnicodeDecodeError) as exc:
+                # UnicodeDecodeError: ijson's C backend cannot decode a key holding an escaped
+                # lone surrogate ("\udc00").
                 raise ProtocolError(f"{what}: response is not valid JSON "
                                     f"({one_line(str(exc))[:120]})") from None
             if count == 0:

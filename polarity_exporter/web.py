@@ -2,6 +2,10 @@
 
 Routes: the telemetry path (default /metrics), / (landing page), /-/healthy, /-/ready; anything
 else is 404. Only /metrics calls Polarity, so probes never load the Polarity server.
+
+With `--web.config.file` the server speaks TLS and/or asks for basic auth (see webconfig.py).
+The probes /-/healthy and /-/ready stay open without credentials: kubelet probes cannot send
+basic auth without writing the password into the pod spec, and they reveal nothing.
 """
 
 from __future__ import annotations
@@ -10,15 +14,20 @@ import gzip
 import html
 import logging
 import socket
+import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
+    from polarity_exporter.webconfig import WebSecurity
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +35,9 @@ Scrape = Callable[[float], Iterable[Any]]  # timeout in seconds -> metric famili
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 MIN_TIMEOUT = 0.1
+PROBES = frozenset({"/-/healthy", "/-/ready"})
+# A client that opens a connection but never finishes the TLS handshake must not hold a thread.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,10 @@ class ExporterApp:
     """A WSGI application; it does not know how it is served."""
 
     def __init__(self, scrape: Scrape, *, telemetry_path: str, default_timeout: float,
-                 timeout_offset: float, landing: Landing) -> None:
+                 timeout_offset: float, landing: Landing,
+                 security: WebSecurity | None = None) -> None:
         self._scrape = scrape
+        self._security = security
         self._path = telemetry_path
         self._default_timeout = default_timeout
         self._offset = timeout_offset
@@ -69,6 +83,23 @@ class ExporterApp:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO") or "/"
+        security = self._security
+        if security is None:
+            return self._route(path, environ, start_response)
+        headers = list(security.headers.items())
+
+        def respond(status: str, response_headers: list[tuple[str, str]]) -> Any:
+            return start_response(status, [*response_headers, *headers])
+
+        auth = security.basic_auth
+        if auth is not None and path not in PROBES \
+                and not auth.check(environ.get("HTTP_AUTHORIZATION")):
+            return _reply(respond, "401 Unauthorized", b"Unauthorized\n",
+                          extra=[("WWW-Authenticate", 'Basic realm="polarity-exporter"')])
+        return self._route(path, environ, respond)
+
+    def _route(self, path: str, environ: dict[str, Any],
+               start_response: StartResponse) -> list[bytes]:
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
             return _reply(start_response, "405 Method Not Allowed", b"method not allowed\n",
                           extra=[("Allow", "GET, HEAD")])
@@ -129,17 +160,66 @@ def _reply(start_response: StartResponse, status: str, body: bytes,
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # Headers and body are separate writes: without this, Nagle's algorithm holds the body
+    # until the scraper's delayed ACK arrives (up to 40 ms a scrape on Linux).
+    disable_nagle_algorithm = True
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http request", extra={"client": self.client_address[0],
                                          "request": format % args})
 
 
 class ThreadingServer(ThreadingMixIn, WSGIServer):
-    """One thread per request; server_close() waits for requests in flight (clean shutdown)."""
+    """One thread per request; server_close() waits for requests in flight (clean shutdown).
+
+    With `tls` set, each connection's TLS handshake runs in its own thread, so a slow or
+    broken client cannot stall the accept loop.
+    """
 
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops connections when 20 clients (or an HA pair
+    # plus a few curls) arrive at once; they then wait a second for a TCP retransmit.
+    request_queue_size = 128
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        secured = self._handshake(request, client_address)
+        if secured is not None:
+            with secured:
+                super().finish_request(secured, client_address)
+
+    def _handshake(self, sock: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
+        assert self.tls is not None
+        client = client_address[0]
+        try:
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            first = sock.recv(1, socket.MSG_PEEK)
+            if first and first != b"\x16":  # not a TLS handshake record: plain HTTP
+                # Go's servers answer the same way, which tells the operator what is wrong.
+                sock.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                             b"Connection: close\r\n\r\n"
+                             b"Client sent an HTTP request to an HTTPS server.\n")
+                log.debug("plain HTTP request on the TLS port", extra={"client": client})
+                return None
+            secured = self.tls.wrap_socket(sock, server_side=True)
+            secured.settimeout(None)
+            return secured
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.debug("TLS handshake failed", extra={"client": client,
+                                                     "err": one_line_error(exc)})
+            return None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr; a client hanging up mid-response is
+        # routine for a server, so one debug line is enough.
+        exc = sys.exc_info()[1]
+        log.debug("http connection error", extra={"client": client_address[0],
+                                                  "err": one_line_error(exc)})
 
 
 class _ThreadingServerV6(ThreadingServer):
@@ -154,8 +234,19 @@ class _ThreadingServerV6(ThreadingServer):
         super().server_bind()
 
 
-def bind(app: ExporterApp, host: str, port: int) -> ThreadingServer:
+def one_line_error(exc: BaseException | None) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300] if exc else ""
+
+
+def bind(app: ExporterApp, host: str, port: int,
+         tls: ssl.SSLContext | None = None) -> ThreadingServer:
     """Bind the listening socket; raises OSError with the system's reason."""
+    server = _bind(app, host, port)
+    server.tls = tls
+    return server
+
+
+def _bind(app: ExporterApp, host: str, port: int) -> ThreadingServer:
     if host == "" and socket.has_ipv6:
         try:
             return make_server("::", port, app, _ThreadingServerV6, _QuietHandler)

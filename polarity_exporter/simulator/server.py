@@ -12,6 +12,7 @@ import hmac
 import json
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ JSONAPI = "application/vnd.api+json"
 DEFAULT_PAGE_SIZE = 100
 # Large bodies go out in slices so one write never has to copy the whole body.
 CHUNK_BYTES = 1 << 20
+TRICKLE_BYTES = 16  # TEST-ONLY: slice size of a trickled body
 
 
 @dataclass
@@ -51,6 +53,9 @@ class SimulatorConfig:
     base_time: float = DEFAULT_BASE_TIME  # "now" of the dataset: the newest occurred-on
     host: str = "127.0.0.1"
     port: int = 0
+    # Serve HTTPS with this certificate and key (PEM files) instead of plain HTTP.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,15 +73,19 @@ class Response:
     # The body is a list of byte chunks so a cached multi-megabyte body is never copied.
     chunks: list[bytes]
     headers: dict[str, str] = field(default_factory=dict)
+    # TEST-ONLY socket behaviour for fault injection (simulator/faults.py), never Polarity's:
+    hang: float = 0.0  # seconds to wait before sending anything (a server that never answers)
+    trickle: float = 0.0  # seconds between TRICKLE_BYTES-sized slices of the body
+    cut_after: int | None = None  # close the connection after this many body bytes
 
     @property
     def length(self) -> int:
         return sum(len(chunk) for chunk in self.chunks)
 
 
-# TEST-ONLY, not Polarity behaviour: a later task installs fault modes here. The hook sees each
+# TEST-ONLY, not Polarity behaviour: fault modes (see simulator/faults.py). The hook sees each
 # request and the response Polarity would give; it returns the response to send (the same one,
-# a replacement, or after a delay it sleeps itself).
+# a replacement, or one with the test-only socket fields of `Response` set).
 FaultHook = Callable[[Request, Response], Response]
 
 
@@ -206,6 +215,8 @@ class Simulator:
         self._errors_body = _chunked_json_list(
             self.dataset.errors, b'{"data":[', b'],"jsonapi":{"version":"1.0"}}')
         self._counts_lock = threading.Lock()
+        # Set by stop(): releases handlers held by a TEST-ONLY `hang` fault.
+        self.stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -216,13 +227,22 @@ class Simulator:
         if self._server is None:
             raise RuntimeError("simulator is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        scheme = "https" if self.config.tls_cert_file else "http"
+        return f"{scheme}://{host!s}:{port}"
 
     def start(self) -> Simulator:
         """Bind and serve; returns once the socket is listening (connections queue from now)."""
         if self._server is not None:
             return self
+        self.stopping.clear()
         server = _Server((self.config.host, self.config.port), _Handler, self)
+        if self.config.tls_cert_file:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+            # The handshake happens on the first read, in the handler thread, so a client that
+            # rejects the certificate cannot stall the accept loop.
+            server.socket = context.wrap_socket(server.socket, server_side=True,
+                                                do_handshake_on_connect=False)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                                   name="polarity-simulator", daemon=True)
         thread.start()
@@ -237,6 +257,7 @@ class Simulator:
         server, self._server = self._server, None
         if server is None:
             return
+        self.stopping.set()
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -423,6 +444,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "polarity-simulator"
     timeout = 60  # idle kept-alive connections release their thread eventually
+    # Headers and body go out in separate writes; with Nagle's algorithm the body would wait
+    # for the client's delayed ACK (40 ms on Linux) on every response.
+    disable_nagle_algorithm = True
     server: _Server
 
     def _serve(self) -> None:
@@ -436,17 +460,40 @@ class _Handler(BaseHTTPRequestHandler):
             headers={name.lower(): value for name, value in self.headers.items()},
             body=body,
         )
-        response = self.server.simulator.handle(request)
+        simulator = self.server.simulator
+        response = simulator.handle(request)
+        if response.hang and simulator.stopping.wait(response.hang):
+            self.close_connection = True
+            return
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(response.length))
         self.end_headers()
-        if self.command != "HEAD":
-            for chunk in response.chunks:
-                view = memoryview(chunk)
-                for start in range(0, len(view), CHUNK_BYTES):
-                    self.wfile.write(view[start:start + CHUNK_BYTES])
+        if self.command == "HEAD":
+            return
+        if response.trickle or response.cut_after is not None:
+            self._send_faulty(response)
+            return
+        for chunk in response.chunks:
+            view = memoryview(chunk)
+            for start in range(0, len(view), CHUNK_BYTES):
+                self.wfile.write(view[start:start + CHUNK_BYTES])
+
+    def _send_faulty(self, response: Response) -> None:
+        """TEST-ONLY: send the body slowly and/or only in part, then drop the connection."""
+        body = b"".join(response.chunks)
+        if response.cut_after is not None:
+            body = body[: response.cut_after]
+            self.close_connection = True
+        step = TRICKLE_BYTES if response.trickle else max(1, len(body))
+        stopping = self.server.simulator.stopping
+        for start in range(0, len(body), step):
+            self.wfile.write(body[start:start + step])
+            self.wfile.flush()
+            if response.trickle and stopping.wait(response.trickle):
+                self.close_connection = True
+                return
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 

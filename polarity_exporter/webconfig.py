@@ -1,0 +1,259 @@
+"""`--web.config.file`: the Prometheus exporter-toolkit web configuration, read the same way.
+
+Operators of Go exporters already have these files; the same YAML works here:
+
+    tls_server_config: {cert_file, key_file, client_ca_file, client_auth_type,
+                        min_version, max_version}
+    http_server_config: {http2, headers}
+    basic_auth_users: {username: bcrypt-hash}
+
+Unknown keys are an error (a typo must not silently turn security off). Keys the toolkit knows
+but this exporter does not implement are an error too, naming the key. Relative paths are
+relative to the file's directory, as in the toolkit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import yaml
+
+from polarity_exporter.config import ConfigError
+
+TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
+                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+# Python's ssl module verifies any client certificate it asks for, so the toolkit's two modes
+# that accept an unverified certificate (RequestClientCert, RequireAnyClientCert) cannot be
+# offered honestly; they are rejected rather than silently made stricter or looser.
+CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+               "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+# The toolkit allows these response headers only, some with fixed values.
+HEADER_VALUES: dict[str, tuple[str, ...]] = {
+    "strict-transport-security": (), "x-content-type-options": ("nosniff",),
+    "x-frame-options": ("deny", "sameorigin"), "x-xss-protection": (),
+    "content-security-policy": (),
+}
+_TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version",
+             "max_version"}
+_TLS_UNSUPPORTED = {"cert", "key", "client_ca", "cipher_suites", "curve_preferences",
+                    "prefer_server_cipher_suites", "client_allowed_sans"}
+_HTTP_KEYS = {"http2", "headers"}
+_TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
+# Successful checks are remembered so that bcrypt (deliberately slow) runs once per credential,
+# not on every scrape; the key is a SHA-256 of the credential, never the credential itself.
+_CACHE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    client_auth_type: str = "NoClientCert"
+    min_version: str = "TLS12"
+    max_version: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = TLS_VERSIONS[self.min_version]
+        if self.max_version:
+            context.maximum_version = TLS_VERSIONS[self.max_version]
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file:
+            context.load_verify_locations(cafile=self.client_ca_file)
+        context.verify_mode = CLIENT_AUTH[self.client_auth_type]
+        return context
+
+
+@dataclass
+class BasicAuth:
+    """basic_auth_users: username -> bcrypt hash; checks take the same time for unknown users."""
+
+    users: dict[str, bytes]
+    _ok: set[bytes] = field(default_factory=set, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _dummy: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Same cost as the real hashes, so an unknown user takes as long as a wrong password.
+        rounds = max((int(h[4:6]) for h in self.users.values() if h[4:6].isdigit()), default=10)
+        self._dummy = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds))
+
+    def check(self, authorization: str | None) -> bool:
+        credentials = _parse_basic(authorization)
+        if credentials is None:
+            return False
+        username, password = credentials
+        hashed = self.users.get(username)
+        key = hashlib.sha256(b"\0".join([username.encode(), password, hashed or b""])).digest()
+        with self._lock:
+            if hashed is not None and key in self._ok:
+                return True
+        # Unknown users are checked against a dummy hash, so timing does not reveal which
+        # usernames exist; bcrypt.checkpw compares in constant time.
+        valid = bcrypt.checkpw(password, hashed or self._dummy) and hashed is not None
+        if valid:
+            with self._lock:
+                if len(self._ok) >= _CACHE_LIMIT:
+                    self._ok.clear()
+                self._ok.add(key)
+        return valid
+
+
+def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
+    if not header or not header[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    username, sep, password = decoded.partition(b":")
+    if not sep:
+        return None
+    return username.decode("utf-8", "replace"), password
+
+
+@dataclass(frozen=True)
+class WebSecurity:
+    """What the exporter's own endpoint enforces."""
+
+    tls: TLSSettings | None = None
+    basic_auth: BasicAuth | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.context() if self.tls else None
+
+
+def load_web_config(path: str) -> WebSecurity:
+    """Read and check the file; any problem is a ConfigError naming the file and the key."""
+    where = f"--web.config.file {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read {where}: {reason}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML{at}") from None
+    base = Path(path).resolve().parent
+    try:
+        return _parse(document, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{name} must be a mapping")
+    return value
+
+
+def _check_keys(section: dict[str, Any], allowed: set[str], name: str,
+                unsupported: frozenset[str] | set[str] = frozenset()) -> None:
+    for key in section:
+        if key in unsupported:
+            raise ConfigError(f"{name}.{key} is not supported by polarity-exporter")
+        if key not in allowed:
+            raise ConfigError(f"unknown key {key!r} in {name}")
+
+
+def _string(section: dict[str, Any], key: str, name: str) -> str | None:
+    value = section.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}.{key} must be a string")
+    return value
+
+
+def _parse(document: Any, base: Path) -> WebSecurity:
+    top = _mapping(document, "the file")
+    _check_keys(top, _TOP_KEYS, "the file")
+    tls = _parse_tls(_mapping(top.get("tls_server_config"), "tls_server_config"), base)
+    http = _mapping(top.get("http_server_config"), "http_server_config")
+    _check_keys(http, _HTTP_KEYS, "http_server_config")
+    if not isinstance(http.get("http2", True), bool):
+        raise ConfigError("http_server_config.http2 must be true or false")
+    headers = _parse_headers(_mapping(http.get("headers"), "http_server_config.headers"))
+    users = _parse_users(_mapping(top.get("basic_auth_users"), "basic_auth_users"))
+    return WebSecurity(tls=tls, basic_auth=BasicAuth(users) if users else None, headers=headers)
+
+
+def _parse_tls(section: dict[str, Any], base: Path) -> TLSSettings | None:
+    name = "tls_server_config"
+    _check_keys(section, _TLS_KEYS, name, _TLS_UNSUPPORTED)
+    files = {key: _string(section, key, name) for key in ("cert_file", "key_file",
+                                                          "client_ca_file")}
+    cert, key, client_ca = (str(base / f) if f else None for f in files.values())
+    auth_type = _string(section, "client_auth_type", name)
+    min_version = _string(section, "min_version", name) or "TLS12"
+    max_version = _string(section, "max_version", name)
+    if not cert and not key:
+        if section.keys() - {"cert_file", "key_file"}:
+            raise ConfigError(f"{name} needs cert_file and key_file")
+        return None
+    if not cert or not key:
+        raise ConfigError(f"{name} needs both cert_file and key_file")
+    for version, key_name in ((min_version, "min_version"), (max_version, "max_version")):
+        if version is not None and version not in TLS_VERSIONS:
+            raise ConfigError(f"{name}.{key_name} {version!r} is not one of "
+                              f"{', '.join(TLS_VERSIONS)}")
+    if auth_type is None:
+        # As in the toolkit: a client CA without an explicit type means "verify clients".
+        auth_type = "RequireAndVerifyClientCert" if client_ca else "NoClientCert"
+    if auth_type not in CLIENT_AUTH:
+        raise ConfigError(f"{name}.client_auth_type {auth_type!r} is not supported; use one of "
+                          f"{', '.join(CLIENT_AUTH)}")
+    if auth_type != "NoClientCert" and not client_ca:
+        raise ConfigError(f"{name}.client_ca_file is required for client_auth_type {auth_type}")
+    settings = TLSSettings(cert, key, client_ca, auth_type, min_version, max_version)
+    try:
+        settings.context()  # fail at start, not on the first connection
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(f"{name}: cannot load the certificate, key or client CA: "
+                          f"{reason}") from None
+    return settings
+
+
+def _parse_headers(section: dict[str, Any]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for header, value in section.items():
+        allowed = HEADER_VALUES.get(header.lower())
+        if allowed is None:
+            raise ConfigError(f"http_server_config.headers: {header!r} cannot be configured; "
+                              f"allowed: {', '.join(HEADER_VALUES)}")
+        if not isinstance(value, str) or "\n" in value or "\r" in value:
+            raise ConfigError(f"http_server_config.headers.{header} must be a one-line string")
+        if allowed and value.lower() not in allowed:
+            raise ConfigError(f"http_server_config.headers.{header} must be one of "
+                              f"{', '.join(allowed)}")
+        headers[header] = value
+    return headers
+
+
+def _parse_users(section: dict[str, Any]) -> dict[str, bytes]:
+    users: dict[str, bytes] = {}
+    for username, hashed in section.items():
+        if ":" in username or not username:
+            raise ConfigError(f"basic_auth_users: invalid username {username!r}")
+        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")) \
+                or len(hashed) != 60:
+            # Never echo the value: someone may have put a plain password here by mistake.
+            raise ConfigError(f"basic_auth_users.{username} is not a bcrypt hash")
+        users[username] = hashed.encode()
+    return users
