@@ -9,21 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
-from prometheus_client import Metric, ProcessCollector
 
 from polarity_exporter import __version__
-from polarity_exporter.client import PolarityClient
-from polarity_exporter.collector import PolarityCollector, ScrapeResult
 from polarity_exporter.config import (
     DEFAULT_PORT,
     CollectorConfig,
@@ -36,9 +29,9 @@ from polarity_exporter.config import (
     normalize_url,
     parse_listen_address,
 )
+from polarity_exporter.exporter import run
 from polarity_exporter.logs import LEVELS, setup_logging
-from polarity_exporter.scrapecache import SharedScrape
-from polarity_exporter.web import ExporterApp, Landing, ThreadingServer, bind
+from polarity_exporter.memory import tune_allocator
 
 if TYPE_CHECKING:
     from polarity_exporter.webconfig import WebSecurity
@@ -71,7 +64,7 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
 @_option("--polarity.page-size", "POLARITY_PAGE_SIZE", type=click.IntRange(1, 10000), default=200,
          help="Integrations per page when listing.")
 @_option("--polarity.max-concurrency", "POLARITY_MAX_CONCURRENCY", type=click.IntRange(1, 64),
-         default=4, help="Pages of integrations fetched at once.")
+         default=10, help="Pages of integrations fetched at once.")
 @_option("--collector.max-codes", ENV + "COLLECTOR_MAX_CODES", type=click.IntRange(2, 1000),
          default=20, help="Most error-code series per integration; the rest fold into "
                           "code=\"other\".")
@@ -99,13 +92,13 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
 def command(**flags: Any) -> None:
     """Prometheus exporter for Polarity integrations: status, errors, affected users."""
     setup_logging(flags["log_level"], flags["log_format"])
+    tune_allocator()
     simulator = None
     if flags["demo"]:
         simulator, flags = _start_demo(flags)
     try:
         config = build_config(flags)
-        run(config, security=load_security(flags.get("web_config_file")),
-            cache_ttl=flags.get("cache_ttl") or 0.0)
+        run(config)
     finally:
         if simulator is not None:
             simulator.stop()
@@ -141,7 +134,9 @@ def build_config(flags: dict[str, Any]) -> Config:
         collector=CollectorConfig(max_codes=flags["collector_max_codes"],
                                   max_label_length=flags["collector_max_label_length"]),
         web=WebConfig(host=host, port=port, telemetry_path=flags["web_telemetry_path"],
-                      timeout_offset=flags["web_timeout_offset"]),
+                      timeout_offset=flags["web_timeout_offset"],
+                      security=load_security(flags["web_config_file"])),
+        cache_ttl=flags["cache_ttl"],
     )
 
 
@@ -166,92 +161,6 @@ def _start_demo(flags: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     log.info("demo: started the Polarity simulator", extra={"url": simulator.url})
     return simulator, {**flags, "polarity_url": simulator.url,
                        "credentials": Password(username, password)}
-
-
-@dataclass
-class Exporter:
-    """The exporter wired together and bound to its port; serve() starts answering."""
-
-    server: ThreadingServer
-    app: ExporterApp
-    client: PolarityClient
-    collector: PolarityCollector
-    scheme: str
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_port)
-
-    def serve(self, poll_interval: float = 0.5) -> threading.Thread:
-        # poll_interval bounds how long close() waits for the accept loop to notice.
-        thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True,
-                                  kwargs={"poll_interval": poll_interval})
-        thread.start()
-        self.app.ready.set()
-        return thread
-
-    def close(self) -> None:
-        """Stop accepting, finish scrapes in flight, log out of Polarity."""
-        self.server.shutdown()
-        self.server.server_close()  # waits for scrapes in flight
-        self.collector.close()
-        self.client.close()
-
-
-def build_exporter(config: Config, security: WebSecurity | None = None,
-                   cache_ttl: float = 0.0) -> Exporter:
-    polarity = config.polarity
-    if polarity.insecure_skip_verify:
-        log.warning("TLS certificate verification of Polarity is disabled",
-                    extra={"server": polarity.url})
-    client = PolarityClient(polarity)
-    collector = PolarityCollector(client, config.collector, polarity.timeout)
-    process = ProcessCollector(registry=None)
-    # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
-    shared = SharedScrape(collector.scrape, ttl=cache_ttl,
-                          late=lambda _timeout: collector.build(ScrapeResult()))
-
-    def scrape(timeout: float) -> list[Metric]:
-        return [*shared(timeout), *process.collect()]
-
-    app = ExporterApp(scrape, telemetry_path=config.web.telemetry_path,
-                      default_timeout=polarity.timeout, timeout_offset=config.web.timeout_offset,
-                      landing=Landing("Polarity Exporter", __version__, polarity.url),
-                      security=security)
-    tls = security.ssl_context() if security is not None else None
-    try:
-        server = bind(app, config.web.host, config.web.port, tls=tls)
-    except OSError as exc:
-        collector.close()
-        client.close()
-        raise ConfigError(f"cannot listen on {config.web.host}:{config.web.port}: "
-                          f"{exc.strerror or exc}") from None
-    return Exporter(server, app, client, collector, "https" if tls else "http")
-
-
-def run(config: Config, security: WebSecurity | None = None, cache_ttl: float = 0.0) -> None:
-    """Serve until SIGTERM or SIGINT, then finish in-flight scrapes and log out."""
-    exporter = build_exporter(config, security, cache_ttl)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    exporter.serve()
-    host = config.web.host or "localhost"
-    host = f"[{host}]" if ":" in host else host
-    url = f"{exporter.scheme}://{host}:{exporter.port}{config.web.telemetry_path}"
-    log.info("listening", extra={"address": f"{config.web.host}:{exporter.port}",
-                                 "metrics": url, "version": __version__,
-                                 "tls": exporter.scheme == "https",
-                                 "basic_auth": bool(security and security.basic_auth),
-                                 "cache_ttl": cache_ttl})
-    click.echo(f"polarity-exporter {__version__}: metrics at {url}")
-    stop.wait()
-    exporter.close()
 
 
 def main() -> None:

@@ -13,13 +13,16 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from polarity_exporter import __version__
 from polarity_exporter.client import Deadline, Listing, PolarityClient, PolarityError
 from polarity_exporter.config import CollectorConfig
+from polarity_exporter.memory import cyclic_gc_paused
 from polarity_exporter.models import (
     ErrorRecord,
     Integration,
@@ -31,27 +34,28 @@ from polarity_exporter.models import (
 log = logging.getLogger(__name__)
 
 OTHER_CODE = "other"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and lone surrogates (JSON may escape them, "\ud800"; they cannot be
+# encoded as UTF-8, so one in a label would fail the whole exposition).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class LabelCleaner:
     """Make free text safe as a label value: no control characters, bounded length.
 
-    Results are memoised: codes repeat across thousands of records.
+    Called once per error record (on its code), so the usual case, a short printable string, is
+    a single C-level check; no cache, so nothing grows across scrapes.
     """
 
     def __init__(self, max_length: int) -> None:
         self._max = max_length
-        self._cache: dict[str, str] = {}
 
     def __call__(self, value: str) -> str:
-        cleaned = self._cache.get(value)
-        if cleaned is None:
-            cleaned = _CONTROL.sub("\ufffd", value)
-            if len(cleaned) > self._max:
-                cleaned = cleaned[: self._max - 1] + "\u2026"
-            if len(self._cache) < 100_000:
-                self._cache[value] = cleaned
+        # isprintable() is False for every character the pattern replaces (categories Cc, Cs).
+        if len(value) <= self._max and value.isprintable():
+            return value
+        cleaned = _CONTROL.sub("\ufffd", value)
+        if len(cleaned) > self._max:
+            cleaned = cleaned[: self._max - 1] + "\u2026"
         return cleaned
 
 
@@ -86,39 +90,71 @@ class ErrorSummary:
     distinct (integration, code) pairs and users, not with the number of records."""
 
     def __init__(self, clean: LabelCleaner) -> None:
-        self._clean = clean
+        self.clean = clean
         self.integrations: dict[str, IntegrationErrors] = {}
+        # Raw code -> its label, for this scrape: codes repeat across thousands of records.
+        self._labels: dict[str, str] = {}
 
     def add(self, record: ErrorRecord) -> None:
+        # Runs once per record: the CodeStats update is inlined rather than a method call.
         entry = self.integrations.get(record.integration_id)
         if entry is None:
             entry = self.integrations[record.integration_id] = IntegrationErrors()
         entry.records += 1
-        code = self._clean(record.code)
+        code = self._labels.get(record.code)
+        if code is None:
+            code = self._labels[record.code] = self.clean(record.code)
         stats = entry.codes.get(code)
         if stats is None:
             stats = entry.codes[code] = CodeStats()
-        stats.add(record.count, record.occurred_on)
-        entry.users.update(record.affected_users)
+        if record.count is not None:
+            stats.occurrences += record.count
+            stats.has_count = True
+        occurred_on = record.occurred_on
+        if occurred_on is not None and (stats.last_seen is None or occurred_on > stats.last_seen):
+            stats.last_seen = occurred_on
+        if record.affected_users:
+            entry.users.update(record.affected_users)
 
-    def capped_codes(self, integration_id: str, limit: int) -> tuple[dict[str, CodeStats], int]:
-        """At most `limit` code series: the most frequent codes, the rest folded into "other".
 
-        Returns the codes and how many distinct codes were folded.
-        """
-        codes = self.integrations[integration_id].codes
-        if len(codes) <= limit:
-            return codes, 0
-        ranked = sorted(codes.items(), key=lambda item: (-item[1].occurrences, item[0]))
-        kept = dict(ranked[: limit - 1])
-        rest = ranked[limit - 1:]
-        merged = CodeStats()
-        for _, stats in rest:
-            merged.merge(stats)
-        if OTHER_CODE in kept:  # a real code named "other" joins the folded ones
-            merged.merge(kept.pop(OTHER_CODE))
-        kept[OTHER_CODE] = merged
-        return kept, len(rest)
+def capped_codes(codes: dict[str, CodeStats], limit: int) -> tuple[dict[str, CodeStats], int]:
+    """At most `limit` code series: the most frequent codes, the rest folded into "other".
+
+    Returns the codes and how many distinct codes were folded.
+    """
+    if len(codes) <= limit:
+        return codes, 0
+    ranked = sorted(codes.items(), key=lambda item: (-item[1].occurrences, item[0]))
+    kept = dict(ranked[: limit - 1])
+    rest = ranked[limit - 1:]
+    merged = CodeStats()
+    for _, stats in rest:
+        merged.merge(stats)
+    if OTHER_CODE in kept:  # a real code named "other" joins the folded ones
+        merged.merge(kept.pop(OTHER_CODE))
+    kept[OTHER_CODE] = merged
+    return kept, len(rest)
+
+
+def parse_integrations(items: Iterable[Any], problems: Problems) -> list[Integration]:
+    parsed = (parse_integration(item, problems) for item in items)
+    return [integration for integration in parsed if integration is not None]
+
+
+def summarize_errors(items: Iterable[Any], clean: LabelCleaner,
+                     problems: Problems) -> ErrorSummary:
+    """Fold error records into an ErrorSummary as they arrive; each record is dropped at once.
+
+    The hot loop of a scrape (one pass per record, hundreds of thousands of them): no logging
+    here, unreadable fields are only counted in `problems` and logged once per scrape.
+    """
+    summary = ErrorSummary(clean)
+    add = summary.add
+    for item in items:
+        record = parse_error(item, problems)
+        if record is not None:
+            add(record)
+    return summary
 
 
 @dataclass
@@ -167,8 +203,9 @@ class PolarityCollector(Collector):
     # --- talking to Polarity ------------------------------------------------------------------
 
     def scrape(self, timeout: float) -> list[Metric]:
-        result = self.fetch(Deadline(timeout))
-        return self.build(result)
+        with cyclic_gc_paused():
+            result = self.fetch(Deadline(timeout))
+            return self.build(result)
 
     def fetch(self, deadline: Deadline) -> ScrapeResult:
         result = ScrapeResult()
@@ -196,22 +233,16 @@ class PolarityCollector(Collector):
         if not listing.complete:
             log.warning("integration listing is incomplete",
                         extra={"server": self._client.base_url, "err": "; ".join(listing.notes)})
-        problems = result.problems["integrations"]
-        parsed = (parse_integration(item, problems) for item in listing.items)
         result.listing = listing
-        result.integrations = [integration for integration in parsed if integration is not None]
+        result.integrations = parse_integrations(listing.items, result.problems["integrations"])
+        listing.items = []  # the raw JSON is parsed: do not keep it alive until the response
 
     def _fetch_errors(self, deadline: Deadline, problems: Problems) -> ErrorSummary | None:
-        summary = ErrorSummary(self._clean)
         try:
-            for item in self._client.iter_errors(deadline):
-                record = parse_error(item, problems)
-                if record is not None:
-                    summary.add(record)
+            return summarize_errors(self._client.iter_errors(deadline), self._clean, problems)
         except PolarityError as exc:
             log.warning("cannot read integration errors", extra={"err": str(exc)})
             return None
-        return summary
 
     @staticmethod
     def _log_problems(result: ScrapeResult) -> None:
@@ -222,67 +253,101 @@ class PolarityCollector(Collector):
                 log.warning("unreadable fields in Polarity records",
                             extra={"collector": collector, "fields": fields})
 
-    # --- building families --------------------------------------------------------------------
-
     def build(self, result: ScrapeResult) -> list[Metric]:
-        families = _Families(self._config.max_codes)
-        families.up.add_metric([], 1.0 if result.up else 0.0)
-        families.duration.add_metric([], result.duration)
-        families.success.add_metric(["integrations"], 1.0 if result.listing is not None else 0.0)
-        families.success.add_metric(["errors"], 1.0 if result.errors is not None else 0.0)
-        if result.listing is not None:
-            families.listing_complete.add_metric([], 1.0 if result.listing.complete else 0.0)
-        for collector, problems in result.problems.items():
-            for name, count in sorted(problems.items()):
-                families.unreadable.add_metric([collector, name], float(count))
-        listed = self._add_integrations(families, result.integrations or [])
-        if result.errors is not None:
-            self._add_errors(families, result.errors, listed)
-        elif result.integrations is not None:
+        return build_families(result, self._config, self._clean)
+
+
+def build_families(result: ScrapeResult, config: CollectorConfig,
+                   clean: LabelCleaner) -> list[Metric]:
+    """The scrape's metric families, in one pass over its integrations, then the orphan ids.
+
+    This runs on every scrape over up to ~100k samples, so samples are appended directly as
+    prometheus_client `Sample`s (`add_metric` would zip a label list into a new dict for every
+    sample), and the samples of one integration share their label dicts. The encoders only read
+    labels, never change them.
+    """
+    families = _Families(config.max_codes)
+    _sample(families.up, {}, 1.0 if result.up else 0.0)
+    _sample(families.duration, {}, result.duration)
+    _sample(families.success, {"collector": "integrations"},
+            1.0 if result.listing is not None else 0.0)
+    _sample(families.success, {"collector": "errors"}, 1.0 if result.errors is not None else 0.0)
+    if result.listing is not None:
+        _sample(families.listing_complete, {}, 1.0 if result.listing.complete else 0.0)
+    for collector, problems in result.problems.items():
+        for name, count in sorted(problems.items()):
+            _sample(families.unreadable, {"collector": collector, "field": name}, float(count))
+    errors = _ErrorSamples(families, result.errors, config.max_codes) \
+        if result.errors is not None else None
+    info, status, running = families.info, families.status, families.running
+    for integration in result.integrations or ():
+        label = clean(integration.id)
+        by_id = {"integration_id": label}
+        info.samples.append(Sample(info.name, {
+            "integration_id": label, "name": clean(integration.name),
+            "acronym": clean(integration.acronym), "version": clean(integration.version)}, 1.0))
+        status.samples.append(Sample(
+            status.name, {"integration_id": label, "status": clean(integration.status)}, 1.0))
+        running.samples.append(Sample(running.name, by_id,
+                                      1.0 if integration.status == "running" else 0.0))
+        if errors is not None:
+            errors.add(integration.id, by_id)
+        elif integration.error_refs is not None:
             # The errors endpoint failed (403 for ordinary accounts): fall back to the error ids
             # each integration carries in its relationships.
-            for integration in result.integrations:
-                if integration.error_refs is not None:
-                    families.errors.add_metric([self._clean(integration.id)],
-                                               float(integration.error_refs))
-        return families.all()
+            _sample(families.errors, by_id, float(integration.error_refs))
+    if errors is not None:
+        errors.add_orphans()
+    return families.all()
 
-    def _add_integrations(self, families: _Families, integrations: list[Integration]) -> list[str]:
-        clean = self._clean
-        ids = []
-        for integration in integrations:
-            label = clean(integration.id)
-            ids.append(integration.id)
-            families.info.add_metric([label, clean(integration.name), clean(integration.acronym),
-                                      clean(integration.version)], 1.0)
-            families.status.add_metric([label, clean(integration.status)], 1.0)
-            families.running.add_metric([label], 1.0 if integration.status == "running" else 0.0)
-        return ids
 
-    def _add_errors(self, families: _Families, summary: ErrorSummary, listed: list[str]) -> None:
-        clean = self._clean
-        # Listed integrations first, then ids that only the errors endpoint knows (orphans):
-        # their errors are real and must not vanish because the listing lacks them.
-        known = set(listed)
-        orphans = [i for i in summary.integrations if i not in known]
-        folded_total = 0
-        for integration_id in dict.fromkeys([*listed, *orphans]):
-            label = clean(integration_id)
-            entry = summary.integrations.get(integration_id)
-            if entry is None:
-                families.errors.add_metric([label], 0.0)
-                families.affected_users.add_metric([label], 0.0)
-                continue
-            families.errors.add_metric([label], float(entry.records))
-            families.affected_users.add_metric([label], float(len(entry.users)))
-            codes, folded = summary.capped_codes(integration_id, self._config.max_codes)
-            folded_total += folded
-            for code, stats in codes.items():
-                if stats.has_count:
-                    families.occurrences.add_metric([label, code], stats.occurrences)
-                if stats.last_seen is not None:
-                    families.last_occurrence.add_metric([label, code], stats.last_seen)
-        families.folded.add_metric([], float(folded_total))
+def _sample(family: Metric, labels: dict[str, str], value: float) -> None:
+    family.samples.append(Sample(family.name, labels, value))
+
+
+class _ErrorSamples:
+    """Appends the error samples of one integration id at a time, each id once."""
+
+    def __init__(self, families: _Families, summary: ErrorSummary, max_codes: int) -> None:
+        self._families = families
+        self._summary = summary
+        self._max_codes = max_codes
+        self._done: set[str] = set()
+        self._folded = 0
+
+    def add(self, integration_id: str, by_id: dict[str, str]) -> None:
+        if integration_id in self._done:  # listed twice (an id sent both as 5 and "5")
+            return
+        self._done.add(integration_id)
+        errors, users = self._families.errors, self._families.affected_users
+        entry = self._summary.integrations.get(integration_id)
+        if entry is None:  # listed, without errors: an explicit zero
+            errors.samples.append(Sample(errors.name, by_id, 0.0))
+            users.samples.append(Sample(users.name, by_id, 0.0))
+            return
+        errors.samples.append(Sample(errors.name, by_id, float(entry.records)))
+        users.samples.append(Sample(users.name, by_id, float(len(entry.users))))
+        codes = entry.codes
+        if len(codes) > self._max_codes:
+            codes, folded = capped_codes(codes, self._max_codes)
+            self._folded += folded
+        occurrences, last = self._families.occurrences, self._families.last_occurrence
+        label = by_id["integration_id"]
+        for code, stats in codes.items():
+            by_code = {"integration_id": label, "code": code}
+            if stats.has_count:
+                occurrences.samples.append(Sample(occurrences.name, by_code, stats.occurrences))
+            if stats.last_seen is not None:
+                last.samples.append(Sample(last.name, by_code, stats.last_seen))
+
+    def add_orphans(self) -> None:
+        """Ids only the errors endpoint knows (uninstalled integrations, say): their errors are
+        real and must not vanish because the listing lacks them."""
+        clean = self._summary.clean
+        for integration_id in self._summary.integrations:
+            if integration_id not in self._done:
+                self.add(integration_id, {"integration_id": clean(integration_id)})
+        _sample(self._families.folded, {}, float(self._folded))
 
 
 class _Families:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML: loaded only when a file is given
+    from polarity_exporter.webconfig import WebSecurity
 
 DEFAULT_PORT = 10119
 
@@ -39,7 +43,7 @@ class PolarityConfig:
     insecure_skip_verify: bool = False
     timeout: float = 10.0
     page_size: int = 200
-    max_concurrency: int = 4
+    max_concurrency: int = 10
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class WebConfig:
     port: int = DEFAULT_PORT
     telemetry_path: str = "/metrics"
     timeout_offset: float = 0.5
+    security: WebSecurity | None = None  # from --web.config.file: TLS and basic auth
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Config:
     polarity: PolarityConfig
     collector: CollectorConfig = CollectorConfig()
     web: WebConfig = WebConfig()
+    cache_ttl: float = 0.0  # seconds a finished scrape's result may be reused; 0: never
 
 
 def normalize_url(url: str) -> str:

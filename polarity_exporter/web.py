@@ -57,13 +57,27 @@ class _Snapshot(Collector):
         return iter(self._families)
 
 
+class _Sent(list[bytes]):
+    """A response body that runs a callback once the server has sent it (WSGI calls close())."""
+
+    def __init__(self, body: list[bytes], on_close: Callable[[], None]) -> None:
+        super().__init__(body)
+        self._on_close = on_close
+
+    def close(self) -> None:
+        self.clear()  # drop the body before the callback, so that its memory counts as free
+        self._on_close()
+
+
 class ExporterApp:
     """A WSGI application; it does not know how it is served."""
 
     def __init__(self, scrape: Scrape, *, telemetry_path: str, default_timeout: float,
                  timeout_offset: float, landing: Landing,
-                 security: WebSecurity | None = None) -> None:
+                 security: WebSecurity | None = None,
+                 after_scrape: Callable[[], None] | None = None) -> None:
         self._scrape = scrape
+        self._after_scrape = after_scrape
         self._security = security
         self._path = telemetry_path
         self._default_timeout = default_timeout
@@ -129,7 +143,10 @@ class ExporterApp:
             body = gzip.compress(body, compresslevel=5)
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept, Accept-Encoding"))
-        return _reply(start_response, "200 OK", body, extra=headers)
+        reply = _reply(start_response, "200 OK", body, extra=headers)
+        if self._after_scrape is None:
+            return reply
+        return _Sent(reply, self._after_scrape)
 
     def _landing_page(self) -> bytes:
         name = html.escape(self._landing.name)

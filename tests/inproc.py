@@ -1,9 +1,9 @@
 """Helpers for the hardening tests: a real exporter served in this process, and test certificates.
 
-The exporter is wired by `cli.build_exporter`, the same code `polarity-exporter` runs, and answers
-real HTTP on 127.0.0.1; only the process boundary is skipped, so that dozens of fault scenarios
-start in milliseconds instead of a second each. Its log lines are captured in the exporter's
-own logfmt format.
+The exporter is wired by `exporter.build_exporter`, the same code `polarity-exporter` runs,
+and answers real HTTP on 127.0.0.1; only the process boundary is skipped, so that dozens of
+fault scenarios start in milliseconds instead of a second each. Its log lines are captured in
+the exporter's own logfmt format.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 import requests
 from reference import Samples, parse
 
-from polarity_exporter.cli import Exporter, build_exporter
 from polarity_exporter.config import (
     ApiKey,
     CollectorConfig,
@@ -30,6 +29,7 @@ from polarity_exporter.config import (
     PolarityConfig,
     WebConfig,
 )
+from polarity_exporter.exporter import Exporter, build_exporter
 from polarity_exporter.logs import LogfmtFormatter
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
@@ -101,7 +101,7 @@ def api_key(key: str) -> ApiKey:
 
 @contextmanager
 def running_exporter(url: str, credentials: Credentials, *, timeout: float = 3.0,
-                     page_size: int = 200, max_concurrency: int = 4, ca_file: str | None = None,
+                     page_size: int = 200, max_concurrency: int = 10, ca_file: str | None = None,
                      insecure: bool = False, security: Any = None, cache_ttl: float = 0.0,
                      offset: float = 0.5) -> Iterator[Running]:
     """An exporter bound to a free port on 127.0.0.1, serving until the block ends."""
@@ -115,9 +115,10 @@ def running_exporter(url: str, credentials: Credentials, *, timeout: float = 3.0
                                 insecure_skip_verify=insecure, timeout=timeout,
                                 page_size=page_size, max_concurrency=max_concurrency),
         collector=CollectorConfig(),
-        web=WebConfig(host="127.0.0.1", port=0, timeout_offset=offset),
+        web=WebConfig(host="127.0.0.1", port=0, timeout_offset=offset, security=security),
+        cache_ttl=cache_ttl,
     )
-    exporter = build_exporter(config, security, cache_ttl)
+    exporter = build_exporter(config)
     exporter.serve(poll_interval=0.02)
     running = Running(exporter, f"{exporter.scheme}://127.0.0.1:{exporter.port}", capture)
     try:

@@ -1,0 +1,386 @@
+"""Benchmark: polarity-exporter against two baselines, on the standalone simulator.
+
+    .venv/bin/python bench/run.py                 # the full table (several minutes)
+    .venv/bin/python bench/run.py --smoke         # a small version for CI (seconds)
+    .venv/bin/python bench/run.py --json out.json # also write the rows as JSON
+
+Every program under test runs as its own process: the simulator (`python -m
+polarity_exporter.simulator`), the exporter (`python -m polarity_exporter`), and the baselines
+(bench/raw_fetch.py, bench/straightforward_exporter.py). CPU time and RSS are read from
+/proc/<pid>/stat and /proc/<pid>/status (VmHWM is the peak RSS), so Linux only. A scrape is one
+GET /metrics; its wall time is measured by this driver, its CPU time as the growth of the
+process's utime+stime over the request. See bench/README.md for the published table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+BENCH = Path(__file__).resolve().parent
+USERNAME, PASSWORD = "bench", "bench-password"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MB = 1024 * 1024
+
+
+# --- process measurements ------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (resolution: one clock tick)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may hold spaces; the fields after its closing parenthesis do not.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def memory_mb(pid: int, field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of a process, in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
+    env.update(SIM_USERNAME=USERNAME, SIM_PASSWORD=PASSWORD, BENCH_USERNAME=USERNAME,
+               BENCH_PASSWORD=PASSWORD, POLARITY_USERNAME=USERNAME, POLARITY_PASSWORD=PASSWORD)
+    return env
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before it was ready")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@contextmanager
+def simulator(integrations: int, errors: int, latency: float = 0.0,
+              meta_bytes: int = 200) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polarity_exporter.simulator", "--port", "0",
+         "--integrations", str(integrations), "--errors", str(errors),
+         "--latency", str(latency), "--meta-bytes", str(meta_bytes)],
+        stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # generating 100k records takes a few seconds
+        if not line.startswith("simulator listening on "):
+            raise RuntimeError(f"simulator did not start: {line!r}")
+        yield line.split()[-1]
+    finally:
+        stop(proc)
+
+
+@dataclass
+class Server:
+    """A process serving /metrics: the exporter or the straightforward baseline."""
+
+    proc: subprocess.Popen[Any]
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def scrape(self) -> Scrape:
+        cpu, wall = cpu_seconds(self.pid), time.perf_counter()
+        response = requests.get(f"{self.url}/metrics", timeout=120,
+                                headers={"X-Prometheus-Scrape-Timeout-Seconds": "10"})
+        wall = time.perf_counter() - wall
+        response.raise_for_status()
+        return Scrape(wall=wall, cpu=cpu_seconds(self.pid) - cpu, text=response.text)
+
+
+@dataclass
+class Scrape:
+    wall: float
+    cpu: float
+    text: str
+
+    def samples(self, name: str) -> list[Any]:
+        return [sample for family in text_string_to_metric_families(self.text)
+                for sample in family.samples if sample.name == name]
+
+    def check_complete(self) -> None:
+        """A benchmark of a failed scrape measures nothing: insist that both parts succeeded."""
+        up = [s.value for s in self.samples("polarity_up")]
+        success = {s.labels["collector"]: s.value
+                   for s in self.samples("polarity_scrape_collector_success")}
+        if up != [1.0] or success != {"integrations": 1.0, "errors": 1.0}:
+            raise RuntimeError(f"scrape incomplete: polarity_up={up}, success={success}")
+
+
+@contextmanager
+def exporter(sim_url: str, *flags: str) -> Iterator[Server]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polarity_exporter", f"--polarity.url={sim_url}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *flags],
+        stdout=subprocess.DEVNULL, env=child_env())
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/-/ready", proc)
+        yield Server(proc, f"http://127.0.0.1:{port}")
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def straightforward(sim_url: str, page_size: int) -> Iterator[Server]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "straightforward_exporter.py"), f"--url={sim_url}",
+         f"--port={port}", f"--page-size={page_size}"],
+        stdout=subprocess.DEVNULL, env=child_env())
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/", proc)
+        yield Server(proc, f"http://127.0.0.1:{port}")
+    finally:
+        stop(proc)
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    """Run a bench helper as its own process; it prints one JSON line."""
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=child_env(),
+                         check=False, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {out.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- the table -----------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    scenario: str
+    measure: str
+    exporter: str
+    baseline: str
+    result: str
+    target: str
+    met: bool | None  # None: informational row, no target
+
+
+@dataclass(frozen=True)
+class Sizes:
+    paging_integrations: int
+    paging_page_size: int
+    paging_latency: float
+    paging_errors: int
+    big_errors: int
+    big_integrations: int
+    big_meta_bytes: int
+    series_integrations: int
+    series_errors: int
+    idle_scrapes: int
+    repeat: int
+
+
+FULL = Sizes(paging_integrations=5000, paging_page_size=100, paging_latency=0.05,
+             paging_errors=2000, big_errors=100_000, big_integrations=300,
+             big_meta_bytes=500, series_integrations=10_000, series_errors=24_000,
+             idle_scrapes=1000, repeat=3)
+SMOKE = Sizes(paging_integrations=200, paging_page_size=20, paging_latency=0.01,
+              paging_errors=100, big_errors=2000, big_integrations=30,
+              big_meta_bytes=500, series_integrations=300, series_errors=1000,
+              idle_scrapes=20, repeat=1)
+
+
+def median_scrape(server: Server, repeat: int) -> Scrape:
+    scrapes = [server.scrape() for _ in range(repeat)]
+    for scrape in scrapes:
+        scrape.check_complete()
+    wall = statistics.median(s.wall for s in scrapes)
+    cpu = statistics.median(s.cpu for s in scrapes)
+    return Scrape(wall=wall, cpu=cpu, text=scrapes[-1].text)
+
+
+def paging(sizes: Sizes) -> list[Row]:
+    n, size = sizes.paging_integrations, sizes.paging_page_size
+    latency_ms = round(sizes.paging_latency * 1000)
+    scenario = (f"{n:,} integrations, page size {size}, {latency_ms} ms latency, "
+                f"{sizes.paging_errors:,} errors")
+    pages = -(-n // size)
+    rows = []
+    with simulator(n, sizes.paging_errors, latency=sizes.paging_latency) as url:
+        raw = run_json(str(BENCH / "raw_fetch.py"), f"--url={url}", f"--pages={pages}",
+                       f"--page-size={size}", f"--repeat={sizes.repeat}")
+        raw_wall = statistics.median(raw["walls"])
+        # The default --polarity.max-concurrency is measured against the target; one page at a
+        # time shows what concurrent paging buys.
+        for concurrency in (None, 1):
+            flags = [] if concurrency is None else [f"--polarity.max-concurrency={concurrency}"]
+            with exporter(url, f"--polarity.page-size={size}", *flags) as server:
+                server.scrape().check_complete()  # first scrape logs in
+                scrape = median_scrape(server, sizes.repeat)
+            ratio = scrape.wall / raw_wall
+            main = concurrency is None
+            rows.append(Row(
+                scenario, "scrape wall time, default --polarity.max-concurrency" if main else
+                f"scrape wall time, --polarity.max-concurrency={concurrency} (for reference)",
+                f"{scrape.wall:.3f} s", f"raw sequential fetch {raw_wall:.3f} s "
+                f"({pages} pages + errors)", f"{ratio:.2f}x",
+                "≤ 0.25x raw and ≤ 1 s" if main else "—",
+                (ratio <= 0.25 and scrape.wall <= 1.0) if main else None))
+        with straightforward(url, size) as server:
+            base = median_scrape_baseline(server, sizes.repeat)
+        rows.append(Row(scenario, "scrape wall time, straightforward exporter (for reference)",
+                        "—", f"{base.wall:.3f} s", f"{base.wall / raw_wall:.2f}x raw", "—", None))
+    return rows
+
+
+def median_scrape_baseline(server: Server, repeat: int) -> Scrape:
+    server.scrape()  # the same warm-up as the exporter gets
+    scrapes = [server.scrape() for _ in range(repeat)]
+    if not scrapes[-1].samples("polarity_integration_info"):
+        raise RuntimeError("the straightforward baseline exported no integrations")
+    return Scrape(wall=statistics.median(s.wall for s in scrapes),
+                  cpu=statistics.median(s.cpu for s in scrapes), text=scrapes[-1].text)
+
+
+def big_errors(sizes: Sizes) -> list[Row]:
+    m = sizes.big_errors
+    with simulator(sizes.big_integrations, m, meta_bytes=sizes.big_meta_bytes) as url:
+        body_mb = run_json(str(BENCH / "raw_fetch.py"), f"--url={url}", "--pages=0",
+                           "--page-size=1", "--repeat=1")["bytes"] / MB
+        scenario = (f"{m:,} error records ({body_mb:.0f} MiB body), "
+                    f"{sizes.big_integrations} integrations")
+        with exporter(url) as server:
+            server.scrape().check_complete()
+            ours = median_scrape(server, sizes.repeat)
+            ours_peak = memory_mb(server.pid, "VmHWM")
+            records = sum(s.value for s in ours.samples("polarity_integration_errors"))
+        if records != m:
+            raise RuntimeError(f"the exporter counted {records} error records, not {m}")
+        with straightforward(url, 100) as server:
+            base = median_scrape_baseline(server, sizes.repeat)
+            base_peak = memory_mb(server.pid, "VmHWM")
+    cpu_ratio = ours.cpu / base.cpu
+    return [
+        Row(scenario, "exporter peak RSS (VmHWM)", f"{ours_peak:.1f} MiB",
+            f"straightforward {base_peak:.1f} MiB", f"{ours_peak / base_peak:.2f}x",
+            "≤ 80 MB", ours_peak * MB <= 80e6),
+        Row(scenario, "scrape CPU time", f"{ours.cpu:.2f} s", f"straightforward {base.cpu:.2f} s",
+            f"{cpu_ratio:.2f}x", "≤ 0.5x straightforward", cpu_ratio <= 0.5),
+        Row(scenario, "scrape wall time (for reference)", f"{ours.wall:.2f} s",
+            f"straightforward {base.wall:.2f} s", f"{ours.wall / base.wall:.2f}x", "—", None),
+    ]
+
+
+def series(sizes: Sizes) -> list[Row]:
+    n, m = sizes.series_integrations, sizes.series_errors
+    with simulator(n, m) as url, exporter(url) as server:
+        server.scrape().check_complete()
+        ours = median_scrape(server, sizes.repeat)
+        error_series = len(ours.samples("polarity_integration_error_occurrences"))
+    scenario = f"{n:,} integrations, {error_series:,} error series ({m:,} records)"
+    families = run_json(str(BENCH / "families.py"), f"--integrations={n}", f"--errors={m}",
+                        f"--repeat={max(sizes.repeat, 3)}")
+    ratio = families["build"] / families["render"]
+    return [
+        Row(scenario, "collection + /metrics render, CPU of one scrape", f"{ours.cpu:.2f} s",
+            "—", f"{ours.cpu:.2f} s", "≤ 1 s CPU", ours.cpu <= 1.0),
+        Row(scenario, "building the families vs prometheus_client rendering them (CPU)",
+            f"build {families['build'] * 1000:.0f} ms",
+            f"render {families['render'] * 1000:.0f} ms ({families['samples']:,} samples)",
+            f"{ratio:.2f}x", "≤ 0.25x render", ratio <= 0.25),
+    ]
+
+
+def idle(sizes: Sizes) -> list[Row]:
+    n = sizes.idle_scrapes
+    checkpoint = min(100, n // 2)
+    with simulator(300, 2000) as url, exporter(url) as server:
+        server.scrape().check_complete()
+        first = memory_mb(server.pid, "VmRSS")
+        for done in range(2, n):
+            server.scrape()
+            if done == checkpoint:
+                middle = memory_mb(server.pid, "VmRSS")
+        server.scrape().check_complete()
+        time.sleep(1.0)  # idle: let in-flight request threads finish and exit
+        after = memory_mb(server.pid, "VmRSS")
+    growth = after - first
+    return [Row("300 integrations, 2,000 errors, idle",
+                f"RSS after {n:,} scrapes vs after the first", f"{after:.1f} MiB",
+                f"first scrape {first:.1f} MiB; scrape {checkpoint} {middle:.1f} MiB",
+                f"{growth:+.1f} MiB", "within 10 MB", abs(growth) * MB <= 10e6)]
+
+
+SCENARIOS: dict[str, Callable[[Sizes], list[Row]]] = {
+    "paging": paging, "big-errors": big_errors, "series": series, "idle": idle}
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| scenario | measurement | polarity-exporter | baseline | result | target | met |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        met = "—" if row.met is None else ("yes" if row.met else "**no**")
+        lines.append(f"| {row.scenario} | {row.measure} | {row.exporter} | {row.baseline} | "
+                     f"{row.result} | {row.target} | {met} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="small sizes, for CI")
+    parser.add_argument("--only", choices=list(SCENARIOS), action="append",
+                        help="run only this scenario (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the rows here as JSON")
+    args = parser.parse_args()
+    sizes = SMOKE if args.smoke else FULL
+    rows: list[Row] = []
+    for name in args.only or list(SCENARIOS):
+        started = time.perf_counter()
+        rows += SCENARIOS[name](sizes)
+        print(f"# {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(row) for row in rows], indent=1,
+                                        ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The benchmark (bench/run.py) runs end to end at small sizes and produces its table.
+
+No timing assertions: CI machines are noisy. What is checked is that every target of the
+published table gets a row, measured on real processes (simulator, exporter, both baselines).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO
+
+TARGET_ROWS = {
+    "scrape wall time, default --polarity.max-concurrency": "≤ 0.25x raw and ≤ 1 s",
+    "exporter peak RSS (VmHWM)": "≤ 80 MB",
+    "scrape CPU time": "≤ 0.5x straightforward",
+    "collection + /metrics render, CPU of one scrape": "≤ 1 s CPU",
+    "building the families vs prometheus_client rendering them (CPU)": "≤ 0.25x render",
+}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("bench") / "rows.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke",
+                           "--json", str(out)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows: list[dict[str, Any]] = json.loads(Path(out).read_text())
+    return done.stdout, rows
+
+
+def test_every_target_has_a_measured_row(bench: tuple[str, list[dict[str, Any]]]) -> None:
+    _, rows = bench
+    measured = {row["measure"]: row for row in rows}
+    for measure, target in TARGET_ROWS.items():
+        assert measured[measure]["target"] == target
+        assert isinstance(measured[measure]["met"], bool)
+    assert any(row["measure"].startswith("RSS after") and row["target"] == "within 10 MB"
+               for row in rows)
+
+
+def test_rows_carry_positive_measurements(bench: tuple[str, list[dict[str, Any]]]) -> None:
+    _, rows = bench
+    for row in rows:
+        for cell in (row["exporter"], row["baseline"]):
+            numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", cell.replace(",", ""))]
+            assert cell == "—" or any(n > 0 for n in numbers), row
+
+
+def test_baselines_are_measured_beside_the_exporter(
+        bench: tuple[str, list[dict[str, Any]]]) -> None:
+    _, rows = bench
+    measured = {row["measure"]: row for row in rows}
+    assert measured["scrape wall time, default --polarity.max-concurrency"]["baseline"].startswith(
+        "raw sequential fetch ")
+    assert measured["exporter peak RSS (VmHWM)"]["baseline"].startswith("straightforward ")
+    assert measured["scrape CPU time"]["baseline"].startswith("straightforward ")
+
+
+def test_markdown_table_has_one_line_per_row(bench: tuple[str, list[dict[str, Any]]]) -> None:
+    stdout, rows = bench
+    lines = [line for line in stdout.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| scenario | measurement | polarity-exporter | baseline |")
+    assert len(lines) == len(rows) + 2  # header and separator
