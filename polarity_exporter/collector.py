@@ -168,6 +168,7 @@ class ScrapeResult:
     problems: dict[str, Problems] = field(
         default_factory=lambda: {"integrations": Counter(), "errors": Counter()})
     duration: float = 0.0
+    timeout: float = 0.0  # the deadline this scrape was given, in seconds
 
     @property
     def up(self) -> bool:
@@ -208,7 +209,7 @@ class PolarityCollector(Collector):
             return self.build(result)
 
     def fetch(self, deadline: Deadline) -> ScrapeResult:
-        result = ScrapeResult()
+        result = ScrapeResult(timeout=deadline.seconds)
         started = time.perf_counter()
         try:
             self._client.authenticate(deadline)
@@ -269,6 +270,7 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     families = _Families(config.max_codes)
     _sample(families.up, {}, 1.0 if result.up else 0.0)
     _sample(families.duration, {}, result.duration)
+    _sample(families.timeout, {}, result.timeout)
     _sample(families.success, {"collector": "integrations"},
             1.0 if result.listing is not None else 0.0)
     _sample(families.success, {"collector": "errors"}, 1.0 if result.errors is not None else 0.0)
@@ -358,6 +360,10 @@ class _Families:
                          "listed all its integrations, else 0.")
         self.duration = _gauge("polarity_scrape_duration_seconds",
                                "Time this scrape spent talking to Polarity.")
+        self.timeout = _gauge(
+            "polarity_scrape_timeout_seconds",
+            "Deadline this scrape had: Prometheus' scrape timeout less --web.timeout-offset, "
+            "or --polarity.timeout when Prometheus sent none.")
         self.success = _gauge("polarity_scrape_collector_success",
                               "1 if this part of the scrape succeeded, else 0.", ["collector"])
         self.listing_complete = _gauge(

@@ -67,7 +67,7 @@ def build_exporter(config: Config) -> Exporter:
     process = ProcessCollector(registry=None)
     # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
     shared = SharedScrape(collector.scrape, ttl=config.cache_ttl,
-                          late=lambda _timeout: collector.build(ScrapeResult()))
+                          late=lambda timeout: collector.build(ScrapeResult(timeout=timeout)))
 
     def scrape(timeout: float) -> list[Metric]:
         return [*shared(timeout), *process.collect()]

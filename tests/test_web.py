@@ -131,3 +131,13 @@ def test_sigterm_finishes_an_inflight_scrape(start_exporter: Any) -> None:
         assert result["response"].status_code == 200
         assert parse(result["response"].text)["polarity_up"][labels()] == 1
         assert sim.counts[("POST", "/api/users/logout")] == 1
+
+
+def test_scrape_timeout_metric_is_the_header_less_the_offset(exporter: ExporterProcess) -> None:
+    response = requests.get(exporter.url + "/metrics", timeout=30,
+                            headers={"X-Prometheus-Scrape-Timeout-Seconds": "7"})
+    assert parse(response.text)["polarity_scrape_timeout_seconds"][labels()] == 6.5
+
+
+def test_scrape_timeout_metric_falls_back_to_the_flag(exporter: ExporterProcess) -> None:
+    assert scrape(exporter.url + "/metrics")["polarity_scrape_timeout_seconds"][labels()] == 10
