@@ -78,12 +78,9 @@ Q_UP = sel("polarity_up")
 Q_ERRORS_READABLE = sel("polarity_scrape_collector_success", 'collector="errors"')
 Q_SCRAPE_DURATION = sel("polarity_scrape_duration_seconds")
 Q_PROM_SCRAPE_DURATION = sel("scrape_duration_seconds")
-# scrape_timeout_seconds exists when Prometheus runs with --enable-feature=extra-scrape-metrics;
-# otherwise fall back to Prometheus' default scrape timeout of 10 s (same rule as the alert).
-Q_SCRAPE_TIMEOUT = (
-    f"{sel('scrape_timeout_seconds')}\n"
-    f"or on(job, instance)\n(0 * {sel('polarity_scrape_duration_seconds')} + 10)"
-)
+# The exporter's own deadline (Prometheus' timeout less --web.timeout-offset): exported with every
+# scrape, so no Prometheus feature flag or assumed default is needed. Same line as the alert's.
+Q_SCRAPE_TIMEOUT = sel("polarity_scrape_timeout_seconds")
 Q_RUNNING_COUNT = f"sum(max by ({JOIN_KEYS}) ({integ('polarity_integration_running')}))"
 Q_NOT_RUNNING_COUNT = f"sum(max by ({JOIN_KEYS}) (1 - {integ('polarity_integration_running')}))"
 Q_BY_STATUS = f"count by (status) ({integ('polarity_integration_status')})"
@@ -307,14 +304,15 @@ def overview() -> dashboard.Dashboard:
         .title("Scrape duration against the scrape timeout")
         .description(
             "Time each scrape spent talking to Polarity, the whole scrape as Prometheus saw it, "
-            "and the scrape timeout (scrape_timeout_seconds needs Prometheus' "
-            "extra-scrape-metrics feature; without it the 10 s default is drawn). A duration "
-            "close to the timeout means the next slow answer loses the scrape."
+            "and the exporter's deadline (polarity_scrape_timeout_seconds: Prometheus' scrape "
+            "timeout less --web.timeout-offset). At the deadline the exporter cuts the scrape "
+            "and reports polarity_up 0; the whole scrape may exceed it by up to the offset. "
+            "Above 80% of the deadline, PolarityScrapeNearTimeout warns."
         )
         .datasource(DATASOURCE)
         .with_target(target(Q_SCRAPE_DURATION, "{{instance}} Polarity API calls", "A"))
         .with_target(target(Q_PROM_SCRAPE_DURATION, "{{instance}} whole scrape", "B"))
-        .with_target(target(Q_SCRAPE_TIMEOUT, "{{instance}} scrape timeout", "C"))
+        .with_target(target(Q_SCRAPE_TIMEOUT, "{{instance}} exporter deadline", "C"))
         .unit("s")
         .min(0)
         .span(12).height(8)

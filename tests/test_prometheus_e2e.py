@@ -36,6 +36,10 @@ DASHBOARDS = REPO / "grafana" / "dashboards"
 RULES = REPO / "prometheus" / "polarity-alerts.yml"
 JOB = "polarity-exporter"
 SCRAPE_INTERVAL_S = 1
+SCRAPE_TIMEOUT_S = SCRAPE_INTERVAL_S  # Prometheus' scrape_timeout for the job
+TIMEOUT_OFFSET_S = 0.1  # the exporter's --web.timeout-offset
+# What polarity_scrape_timeout_seconds must say: Prometheus' timeout (the header) less the offset.
+DEADLINE_S = SCRAPE_TIMEOUT_S - TIMEOUT_OFFSET_S
 # Grafana: $__rate_interval = max($__interval + scrape interval, 4 * scrape interval).
 INTERVAL_S = 1
 RATE_INTERVAL_S = max(INTERVAL_S + SCRAPE_INTERVAL_S, 4 * SCRAPE_INTERVAL_S)
@@ -60,8 +64,9 @@ class Stack:
         assert response.status_code == 200 and body["status"] == "success", (path, params, body)
         return body["data"]
 
-    def instant(self, expr: str) -> Result:
-        data = self.api("query", query=expr)
+    def instant(self, expr: str, at: float | None = None) -> Result:
+        params = {"query": expr} if at is None else {"query": expr, "time": at}
+        data = self.api("query", **params)
         assert data["resultType"] == "vector", data
         return list(data["result"])
 
@@ -122,7 +127,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         exporter_log = (tmp / "exporter.log").open("wb")
         exporter = subprocess.Popen(
             [sys.executable, "-m", "polarity_exporter", f"--web.listen-address={exporter_address}",
-             f"--polarity.url={sim.url}", "--web.timeout-offset=0.1"],
+             f"--polarity.url={sim.url}", f"--web.timeout-offset={TIMEOUT_OFFSET_S}"],
             stdout=exporter_log, stderr=subprocess.STDOUT, env=env)
         procs.append(exporter)
         wait_until_ready(f"http://{exporter_address}/-/ready", exporter)  # type: ignore[arg-type]
@@ -130,7 +135,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _fast_rules_copy(tmp / "rules.yml")
         config = {
             "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s",
-                       "scrape_timeout": f"{SCRAPE_INTERVAL_S}s",
+                       "scrape_timeout": f"{SCRAPE_TIMEOUT_S}s",
                        "evaluation_interval": "1s"},
             "rule_files": [str(tmp / "rules.yml")],
             "scrape_configs": [{"job_name": JOB,
@@ -142,8 +147,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prom = subprocess.Popen(
             [prometheus, f"--config.file={tmp / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-             # scrape_timeout_seconds, which the scrape-duration panel and alert compare with.
-             "--enable-feature=extra-scrape-metrics", "--log.level=warn"],
+             "--log.level=warn"],
             stdout=prom_log, stderr=subprocess.STDOUT)
         procs.append(prom)
         prom_url = f"http://127.0.0.1:{prom_port}"
@@ -295,17 +299,20 @@ def check_not_running_count(result: Result, ctx: Ctx) -> None:
 
 
 def check_scrape_duration(result: Result, ctx: Ctx) -> None:
-    assert len(result) == 1
-    assert 0 < _value(result[0]) < SCRAPE_INTERVAL_S
+    # Within the exporter's deadline: the scrapes against the simulator succeed.
+    assert [s["metric"]["instance"] for s in result] == [ctx.stack.exporter_address]
+    assert 0 < _value(result[0]) < DEADLINE_S
 
 
 def check_prom_scrape_duration(result: Result, ctx: Ctx) -> None:
     assert [s["metric"]["instance"] for s in result] == [ctx.stack.exporter_address]
-    assert 0 < _value(result[0]) < SCRAPE_INTERVAL_S
+    assert 0 < _value(result[0]) < SCRAPE_TIMEOUT_S
 
 
 def check_scrape_timeout(result: Result, ctx: Ctx) -> None:
-    assert [_value(s) for s in result] == [float(SCRAPE_INTERVAL_S)]
+    # The exporter's deadline, from the header Prometheus really sent, less the offset.
+    assert [s["metric"]["instance"] for s in result] == [ctx.stack.exporter_address]
+    assert all(float(v) == pytest.approx(DEADLINE_S) for _, v in result[0]["values"])
 
 
 def check_by_status(result: Result, ctx: Ctx) -> None:
@@ -582,3 +589,20 @@ def test_not_running_alert_is_active_for_exactly_the_non_running_integrations(
         assert labels["status"] == expected.statuses[integration_id]
         assert labels["severity"] == "warning"
         assert expected.names[integration_id] in alert["annotations"]["description"]
+
+
+def test_scrape_near_timeout_alert_divides_the_duration_by_the_exporters_deadline(
+        stack: Stack) -> None:
+    rule = next(r for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+                for r in g["rules"] if r["alert"] == "PolarityScrapeNearTimeout")
+    ratio, threshold = rule["expr"].rsplit(" > ", 1)
+    at = time.time()
+    got = {s["metric"]["instance"]: _value(s) for s in stack.instant(ratio, at)}
+    selector = f'{{job="{JOB}", instance="{stack.exporter_address}"}}'
+    (duration,) = stack.instant(f"polarity_scrape_duration_seconds{selector}", at)
+    (deadline,) = stack.instant(f"polarity_scrape_timeout_seconds{selector}", at)
+    assert _value(deadline) == pytest.approx(DEADLINE_S)
+    assert got == {stack.exporter_address: pytest.approx(_value(duration) / DEADLINE_S)}
+    # Fast scrapes against the simulator: well under the threshold, so the alert stays silent.
+    assert got[stack.exporter_address] < float(threshold)
+    assert stack.instant(rule["expr"], at) == []
