@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -45,6 +46,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> int:
+    """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen[str] | None = None,
@@ -92,14 +105,7 @@ class ExporterProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 @pytest.fixture
@@ -115,9 +121,9 @@ def start_exporter(tmp_path: Path) -> Iterator[object]:
                 f"--web.listen-address=127.0.0.1:{port}", *flags]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
         full_env.update(env or {})
-        log_file = log_path.open("w")
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env,
-                                text=True)
+        with log_path.open("w") as log_file:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                                    env=full_env, text=True)
         exp = ExporterProcess(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path,
                               args=args)
         started.append(exp)

@@ -120,7 +120,7 @@ def test_demo_serves_metrics_at_the_printed_url(tmp_path: Path) -> None:
     import re
 
     import requests
-    from conftest import free_port, wait_until_ready
+    from conftest import free_port, stop_process, wait_until_ready
 
     port = free_port()
     out = tmp_path / "demo.out"
@@ -136,6 +136,5 @@ def test_demo_serves_metrics_at_the_printed_url(tmp_path: Path) -> None:
         assert "polarity_up 1.0" in body
         assert 'polarity_scrape_collector_success{collector="errors"} 1.0' in body
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-    assert proc.returncode == 0
+        returncode = stop_process(proc)
+    assert returncode == 0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, free_port, require_tool, wait_until_ready
+from conftest import REPO, free_port, require_tool, stop_process, wait_until_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -243,12 +243,7 @@ def demo_exporter(image: ImageReplay, tmp_path: Path) -> Iterator[str]:
         wait_until_ready(f"{url}/-/ready", proc, timeout=30)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_installed_exporter_serves_the_demo(demo_exporter: str) -> None:
@@ -285,7 +280,6 @@ def test_installed_exporter_writes_nothing_at_runtime(
         wait_until_ready(f"http://127.0.0.1:{port}/-/ready", proc, timeout=30)
         assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).status_code == 200
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_process(proc)
     assert snapshot(image.venv) == before
     assert snapshot(workdir) == set() and snapshot(tmp_path / "home") == set()

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
-from conftest import REPO, free_port, require_tool, wait_until_ready
+from conftest import REPO, free_port, require_tool, stop_process, wait_until_ready
 from prometheus_client.parser import text_string_to_metric_families
 
 DEMO = REPO / "demo"
@@ -239,8 +239,7 @@ def demo_simulator() -> Iterator[str]:
         assert match, f"simulator did not start: {line}"
         yield match.group(1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_process(proc)
 
 
 def test_compose_services_run_with_their_real_commands(demo_simulator: str, tmp_path: Path) -> None:
@@ -261,8 +260,7 @@ def test_compose_services_run_with_their_real_commands(demo_simulator: str, tmp_
         wait_until_ready(f"http://127.0.0.1:{port}/-/ready", proc, timeout=30)
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_process(proc)
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
     up = [s.value for s in samples if s.name == "polarity_up"]
     assert up == [1], (tmp_path / "exporter.log").read_text()

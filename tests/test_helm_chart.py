@@ -22,7 +22,7 @@ from typing import Any
 import click
 import pytest
 import yaml
-from conftest import IN_CI, REPO
+from conftest import IN_CI, REPO, SIM_PASSWORD, SIM_USER, require_tool
 
 helm = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -216,8 +216,11 @@ def test_optional_cluster_features_are_off_by_default() -> None:
 
 
 def secret_values(values: dict[str, Any]) -> list[str]:
+    """Credentials and password hashes: none may show in args or plain env."""
     auth = values.get("auth", {})
-    return [auth[key] for key in ("password", "apiKey") if auth.get(key)]
+    web = values.get("webConfig", {}).get("config", {})
+    return [auth[key] for key in ("password", "apiKey") if auth.get(key)] + list(
+        web.get("basic_auth_users", {}).values())
 
 
 @pytest.mark.parametrize("values_file", VALUES_CASES)
@@ -449,6 +452,247 @@ def test_notes_warn_when_url_or_credentials_are_missing() -> None:
     assert "polarity.url is empty" in text and "no credentials are configured" in text
 
 
+# --- the exporter's own endpoint: web config, probes, monitors, cache ----------------------------
+
+WEB_CI = CHART / "ci" / "web-tls-basic-auth-values.yaml"
+# What the cluster holds for WEB_CI: the Secrets it names but does not create. The password is
+# the one whose bcrypt hash WEB_CI puts in basic_auth_users.
+SCRAPE_USER, SCRAPE_PASSWORD = "prometheus", "ci-scrape-password"
+SCRAPE_AUTH = {"scrape-auth": {"username": SCRAPE_USER, "password": SCRAPE_PASSWORD}}
+
+
+def arg_value(container: dict[str, Any], flag: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in container.get("args", [])
+                 if a.startswith(f"{flag}=")), None)
+
+
+def web_config_secret(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == "Secret" and "web-config.yml" in d.get("data", {})]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_web_config_arg_names_the_file_mounted_from_the_web_config_secret() -> None:
+    docs = case_objects(WEB_CI)
+    deployment = only(docs, "Deployment")
+    container, spec = exporter_container(deployment), pod_spec(deployment)
+    config_file = Path(arg_value(container, "--web.config.file") or "")
+    mount = next(m for m in container["volumeMounts"]
+                 if Path(m["mountPath"]) == config_file.parent)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    secret = web_config_secret(docs)
+    assert mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert config_file.name in secret["data"]
+
+
+def test_no_web_config_flag_or_secret_without_web_config() -> None:
+    docs = objects(render())
+    assert arg_value(exporter_container(only(docs, "Deployment")), "--web.config.file") is None
+    assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+def test_existing_web_config_secret_is_mounted_whole_without_creating_one() -> None:
+    docs = objects(render({"webConfig": {"existingSecret": "exporter-web",
+                                         "existingSecretServesTLS": True}}))
+    deployment = only(docs, "Deployment")
+    container, spec = exporter_container(deployment), pod_spec(deployment)
+    config_file = Path(arg_value(container, "--web.config.file") or "")
+    mount = next(m for m in container["volumeMounts"]
+                 if Path(m["mountPath"]) == config_file.parent)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    # Whole, so that certificates beside web-config.yml can be named by relative path.
+    assert volume["secret"]["secretName"] == "exporter-web" and "items" not in volume["secret"]
+    assert config_file.name == "web-config.yml"
+    assert "Secret" not in {d["kind"] for d in docs}
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
+def web_checksum(config: dict[str, Any]) -> str | None:
+    template = only(objects(render({"webConfig": {"config": config}})), "Deployment")["spec"][
+        "template"]
+    annotations: dict[str, str] = template["metadata"].get("annotations", {})
+    return annotations.get("checksum/web-config")
+
+
+def test_changed_web_config_rolls_the_pod() -> None:
+    headers = {"http_server_config": {"headers": {"X-Frame-Options": "deny"}}}
+    first = web_checksum(headers)
+    assert first is not None and web_checksum(headers) == first
+    assert web_checksum({"http_server_config": {"headers": {"X-Frame-Options": "sameorigin"}}}) \
+        != first
+
+
+def materialise_pod_files(docs: list[dict[str, Any]], cluster: dict[str, dict[str, bytes]],
+                          root: Path) -> None:
+    """Write each Secret volume of the exporter container where the pod would see it, under root.
+
+    Secrets the chart renders come from the render; the others from `cluster`, standing in for
+    what the operator (or cert-manager) created.
+    """
+    rendered = {d["metadata"]["name"]: {k: base64.b64decode(v) for k, v in d["data"].items()}
+                for d in docs if d["kind"] == "Secret"}
+    deployment = only(docs, "Deployment")
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    for mount in exporter_container(deployment).get("volumeMounts", []):
+        name = volumes[mount["name"]]["secret"]["secretName"]
+        directory = root / mount["mountPath"].lstrip("/")
+        directory.mkdir(parents=True)
+        for key, content in {**cluster, **rendered}[name].items():
+            (directory / key).write_bytes(content)
+
+
+def rooted_web_config(path: Path, root: Path) -> Path:
+    """The web config with its absolute paths moved under root, as if root were the pod's /."""
+    document = yaml.safe_load(path.read_text())
+    tls = document.get("tls_server_config", {})
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        if str(tls.get(key, "")).startswith("/"):
+            tls[key] = str(root / tls[key].lstrip("/"))
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture
+def web_ci_pod(tmp_path: Path) -> Any:
+    """WEB_CI's web config as the pod would load it: rendered Secret plus real certificates."""
+    from inproc import make_certs  # imports the exporter package, so only when needed
+
+    certs = make_certs(require_tool("openssl"), tmp_path)
+    tls_secret = {"tls.crt": certs.server_cert.read_bytes(),
+                  "tls.key": certs.server_key.read_bytes(), "ca.crt": certs.ca.read_bytes()}
+    docs = case_objects(WEB_CI)
+    root = tmp_path / "pod"
+    materialise_pod_files(docs, {load_values(WEB_CI)["webConfig"]["tlsSecret"]: tls_secret},
+                          root)
+    config_file = arg_value(exporter_container(only(docs, "Deployment")), "--web.config.file")
+    assert config_file is not None
+    path = rooted_web_config(root / config_file.lstrip("/"), root)
+    return docs, path, certs
+
+
+def test_rendered_web_config_loads_with_the_exporters_own_loader(web_ci_pod: Any) -> None:
+    from polarity_exporter.webconfig import load_web_config
+
+    _, path, _ = web_ci_pod
+    security = load_web_config(str(path))
+    assert security.tls is not None and security.ssl_context() is not None
+    assert security.basic_auth is not None
+    token = base64.b64encode(f"{SCRAPE_USER}:{SCRAPE_PASSWORD}".encode()).decode()
+    assert security.basic_auth.check(f"Basic {token}")
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_rendered_probes_and_service_monitor_reach_the_exporter_as_configured(
+    web_ci_pod: Any, simulator: Any
+) -> None:
+    """The exporter serving the rendered web config answers the rendered probes (no auth,
+    certificate unverified, as kubelet does) and the ServiceMonitor's scrape (the CA from its
+    tlsConfig, basic auth from its Secret), and refuses a scrape without credentials."""
+    import requests
+    from inproc import password, running_exporter
+
+    from polarity_exporter.webconfig import load_web_config
+
+    docs, path, certs = web_ci_pod
+    container = exporter_container(only(docs, "Deployment"))
+    endpoint = only(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+    auth = endpoint["basicAuth"]
+    secrets = SCRAPE_AUTH
+    user = secrets[auth["username"]["name"]][auth["username"]["key"]]
+    secret = secrets[auth["password"]["name"]][auth["password"]["key"]]
+    assert endpoint["tlsConfig"]["ca"]["secret"]["key"] == "ca.crt"
+    with running_exporter(simulator.url, password(SIM_USER, SIM_PASSWORD),
+                          security=load_web_config(str(path))) as exporter:
+        port = exporter.url.rsplit(":", 1)[1]
+        for probe in ("livenessProbe", "readinessProbe"):
+            get = container[probe]["httpGet"]
+            url = f"{get['scheme'].lower()}://127.0.0.1:{port}{get['path']}"
+            # kubelet does not verify a probe's certificate; neither does this request.
+            assert requests.get(url, verify=False, timeout=5).status_code == 200  # noqa: S501
+        metrics = f"{endpoint['scheme']}://127.0.0.1:{port}{endpoint['path']}"
+        assert requests.get(metrics, verify=str(certs.ca), timeout=5).status_code == 401
+        scrape = requests.get(metrics, verify=str(certs.ca), auth=(user, secret), timeout=10)
+        assert scrape.status_code == 200 and "\npolarity_up 1" in "\n" + scrape.text
+
+
+@pytest.mark.parametrize("monitor", ["serviceMonitor", "podMonitor"])
+def test_monitor_scheme_follows_the_exporter_unless_set(monitor: str) -> None:
+    kind = monitor[0].upper() + monitor[1:]
+    key = "endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"
+
+    def scheme(values: dict[str, Any]) -> str:
+        values = {monitor: {"enabled": True, **values.pop(monitor, {})}, **values}
+        result: str = only(objects(render(values)), kind)["spec"][key][0]["scheme"]
+        return result
+
+    tls = {"webConfig": {"config": {"tls_server_config": {"cert_file": "c", "key_file": "k"}}}}
+    assert scheme({}) == "http"
+    assert scheme(dict(tls)) == "https"
+    assert scheme({monitor: {"scheme": "https"}}) == "https"
+    with pytest.raises(helm.HelmRenderError, match="scheme is http"):
+        render({**tls, monitor: {"enabled": True, "scheme": "http"}})
+
+
+def test_probes_use_https_only_when_the_exporter_serves_tls() -> None:
+    def probe(values: dict[str, Any]) -> dict[str, Any]:
+        container = exporter_container(only(objects(render(values)), "Deployment"))
+        result: dict[str, Any] = container["readinessProbe"]
+        return result
+
+    basic = {"basic_auth_users": {SCRAPE_USER: load_values(WEB_CI)["webConfig"]["config"][
+        "basic_auth_users"][SCRAPE_USER]}}
+    assert probe({"webConfig": {"config": basic}})["httpGet"].get("scheme", "HTTP") == "HTTP"
+    assert probe({})["httpGet"].get("scheme", "HTTP") == "HTTP"
+    tls = {"tls_server_config": {"cert_file": "c", "key_file": "k"}}
+    assert probe({"webConfig": {"config": tls}})["httpGet"]["scheme"] == "HTTPS"
+
+
+@pytest.mark.parametrize("tls", [
+    pytest.param({"client_ca_file": "ca.pem"}, id="ca-implies-require"),
+    pytest.param({"client_ca_file": "ca.pem", "client_auth_type": "RequireAndVerifyClientCert"},
+                 id="require"),
+])
+def test_probes_fall_back_to_tcp_when_clients_need_a_certificate(tls: dict[str, str]) -> None:
+    config = {"tls_server_config": {"cert_file": "c", "key_file": "k", **tls}}
+    container = exporter_container(only(objects(render({"webConfig": {"config": config}})),
+                                        "Deployment"))
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe] == {"tcpSocket": {"port": "metrics"},
+                                    **load_values(CHART / "values.yaml")[probe]}
+
+
+def test_cache_ttl_flag_only_when_positive() -> None:
+    def ttl(value: float) -> str | None:
+        container = exporter_container(only(objects(render({"cacheTTL": value})), "Deployment"))
+        return arg_value(container, "--cache.ttl")
+
+    assert ttl(0) is None
+    assert ttl(15) == "15" and ttl(2.5) == "2.5"
+
+
+def test_polarity_paging_values_become_flags() -> None:
+    values = {"polarity": {"pageSize": 500, "maxConcurrency": 8}}
+    container = exporter_container(only(objects(render(values)), "Deployment"))
+    assert arg_value(container, "--polarity.page-size") == "500"
+    assert arg_value(container, "--polarity.max-concurrency") == "8"
+
+
+def test_chart_defaults_for_exporter_flags_match_the_cli(cli: click.Command) -> None:
+    with helm.Chart.load(CHART) as chart:
+        defaults = chart.values
+    params = {p.name: p.default for p in cli.params}
+    assert defaults["polarity"]["pageSize"] == params["polarity_page_size"]
+    assert defaults["polarity"]["maxConcurrency"] == params["polarity_max_concurrency"]
+    assert defaults["cacheTTL"] == params["cache_ttl"]
+
+
+def test_notes_tell_how_to_reach_the_tls_basic_auth_endpoint() -> None:
+    text = notes(rendered_case(WEB_CI))
+    assert "curl -sk -u <user> https://127.0.0.1:10119/metrics" in text
+    assert "over https with basic auth" in text and "cached for 15 s" in text
+
+
 # --- values.schema.json --------------------------------------------------------------------------
 
 
@@ -457,6 +701,10 @@ def test_notes_warn_when_url_or_credentials_are_missing() -> None:
     pytest.param({"serviceMonitor": {"enabled": True, "intervall": "30s"}}, id="nested"),
     pytest.param({"auth": {"existingSecrett": "x"}}, id="auth"),
     pytest.param({"polarity": {"tls": {"insecureSkipVerfy": True}}}, id="deep"),
+    pytest.param({"webConfig": {"config": {"tls_server_config": {
+        "cert_file": "c", "key_file": "k", "cert_fle": "x"}}}}, id="web-config"),
+    pytest.param({"webConfig": {"config": {"basic_auth_user": {}}}}, id="web-config-top"),
+    pytest.param({"serviceMonitor": {"tlsConfig": {"insecureSkipVerfy": True}}}, id="tls-config"),
 ])
 def test_schema_rejects_typos(values: dict[str, Any]) -> None:
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
@@ -470,6 +718,18 @@ def test_schema_rejects_typos(values: dict[str, Any]) -> None:
     pytest.param({"polarity": {"url": "polarity.example.com"}}, id="url"),
     pytest.param({"serviceMonitor": {"interval": 30}}, id="duration"),
     pytest.param({"extraEnv": {"A": "b"}}, id="list"),
+    pytest.param({"cacheTTL": "15s"}, id="cache-ttl"),
+    pytest.param({"cacheTTL": -1}, id="cache-ttl-negative"),
+    pytest.param({"polarity": {"maxConcurrency": 0}}, id="max-concurrency"),
+    pytest.param({"webConfig": {"config": {"basic_auth_users": {"prometheus": "hunter2"}}}},
+                 id="plain-password-in-web-config"),
+    pytest.param({"serviceMonitor": {"basicAuth": {"username": "prometheus",
+                                                   "password": "hunter2"}}},
+                 id="plain-basic-auth-password"),
+    pytest.param({"podMonitor": {"scheme": "HTTPS"}}, id="scheme"),
+    pytest.param({"webConfig": {"config": {"tls_server_config": {
+        "cert_file": "c", "key_file": "k", "client_auth_type": "RequireAnyClientCert"}}}},
+                 id="unsupported-client-auth"),
 ])
 def test_schema_rejects_wrong_types(values: dict[str, Any]) -> None:
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):

@@ -28,7 +28,15 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from conftest import REPO, SIM_PASSWORD, SIM_USER, free_port, require_tool, wait_until_ready
+from conftest import (
+    REPO,
+    SIM_PASSWORD,
+    SIM_USER,
+    free_port,
+    require_tool,
+    stop_process,
+    wait_until_ready,
+)
 
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
@@ -75,16 +83,6 @@ class Stack:
         data = self.api("query_range", query=expr, start=end - RANGE_S, end=end, step=INTERVAL_S)
         assert data["resultType"] == "matrix", data
         return list(data["result"])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _fast_rules_copy(path: Path) -> None:
@@ -164,7 +162,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
         sim.stop()
 
 
