@@ -65,3 +65,72 @@ app.kubernetes.io/part-of: {{ include "polarity-exporter.name" . }}
 {{- define "polarity-exporter.hasCredentials" -}}
 {{- if or .Values.auth.existingSecret (include "polarity-exporter.createSecret" .) }}true{{ end }}
 {{- end }}
+
+{{/* --- the exporter's own endpoint (--web.config.file) --- */}}
+
+{{/* True when the exporter gets a web config at all (inline or an existing Secret). */}}
+{{- define "polarity-exporter.webConfigEnabled" -}}
+{{- $w := .Values.webConfig }}
+{{- if and $w.config $w.existingSecret }}
+{{- fail "webConfig: set either config or existingSecret, not both" }}
+{{- end }}
+{{- if or $w.config $w.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "polarity-exporter.webConfigSecretName" -}}
+{{- default (printf "%s-web-config" (include "polarity-exporter.fullname" .)) .Values.webConfig.existingSecret }}
+{{- end }}
+
+{{/* True when the exporter serves HTTPS: seen in the inline config, declared for an existing one. */}}
+{{- define "polarity-exporter.webTLS" -}}
+{{- $w := .Values.webConfig }}
+{{- if $w.existingSecret }}
+{{- if $w.existingSecretServesTLS }}true{{ end }}
+{{- else if and $w.config (get $w.config "tls_server_config") }}true{{ end }}
+{{- end }}
+
+{{/* True when the inline web config makes clients present a certificate, which kubelet cannot:
+     the toolkit defaults client_auth_type to RequireAndVerifyClientCert when client_ca_file is
+     set. VerifyClientCertIfGiven still lets kubelet in. */}}
+{{- define "polarity-exporter.webClientCertRequired" -}}
+{{- $tls := dict }}
+{{- if .Values.webConfig.config }}
+{{- $tls = default (dict) (get .Values.webConfig.config "tls_server_config") }}
+{{- end }}
+{{- $type := get $tls "client_auth_type" }}
+{{- if or (eq $type "RequireAndVerifyClientCert") (and (not $type) (get $tls "client_ca_file")) }}true{{ end }}
+{{- end }}
+
+{{/* The scheme a monitor scrapes with: its own setting, else whatever the exporter serves. */}}
+{{- define "polarity-exporter.monitorScheme" -}}
+{{- $monitor := index . 0 }}
+{{- $root := index . 1 }}
+{{- if and (eq $monitor.scheme "http") (include "polarity-exporter.webTLS" $root) }}
+{{- fail "a monitor's scheme is http but webConfig serves TLS: the exporter answers plain HTTP with 400 (leave scheme empty)" }}
+{{- end }}
+{{- if $monitor.scheme }}{{ $monitor.scheme }}
+{{- else if include "polarity-exporter.webTLS" $root }}https
+{{- else }}http
+{{- end }}
+{{- end }}
+
+{{/* One probe: tcpSocket when kubelet cannot pass the TLS handshake, else httpGet on path. */}}
+{{- define "polarity-exporter.probe" -}}
+{{- $root := index . 0 }}
+{{- $path := index . 1 }}
+{{- $timings := index . 2 }}
+{{- if include "polarity-exporter.webClientCertRequired" $root }}
+tcpSocket:
+  port: {{ $root.Values.service.portName }}
+{{- else }}
+httpGet:
+  path: {{ $path }}
+  port: {{ $root.Values.service.portName }}
+  {{- if include "polarity-exporter.webTLS" $root }}
+  scheme: HTTPS
+  {{- end }}
+{{- end }}
+{{- with $timings }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
