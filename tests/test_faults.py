@@ -234,17 +234,24 @@ def test_expired_api_key_is_reported_as_expired() -> None:
 
 # --- the errors endpoint ---------------------------------------------------------------------
 
+def relationship_counts(sim: Simulator) -> dict[str, float]:
+    """polarity_integration_errors as the fallback computes it: each integration's error ids."""
+    return {i["id"]: float(len(i["relationships"]["integration-errors"]["data"]))
+            for i in sim.dataset.integrations}
+
+
+def error_counts(scrape: Any) -> dict[str, float]:
+    return {dict(k)["integration_id"]: v
+            for k, v in scrape.series("polarity_integration_errors").items()}
+
+
 def test_errors_endpoint_403_keeps_up_and_falls_back_to_relationships() -> None:
     config = SimulatorConfig(users={SIM_USER: SIM_PASSWORD}, errors_forbidden=True)
     with Simulator(config) as sim, running_exporter(sim.url, CREDS) as exp:
         scrape = exp.scrape()
         check(scrape, up=1, integrations=1, errors=0)
         cause(exp, "cannot read integration errors", "HTTP 403")
-        expected = {i["id"]: float(len(i["relationships"]["integration-errors"]["data"]))
-                    for i in sim.dataset.integrations}
-        exported = {dict(k)["integration_id"]: v
-                    for k, v in scrape.series("polarity_integration_errors").items()}
-        assert exported == expected
+        assert error_counts(scrape) == relationship_counts(sim)
 
 
 # --- bodies that are not what they claim -----------------------------------------------------
@@ -282,11 +289,7 @@ def test_truncated_errors_export_no_partial_counts(sim: Simulator, exp: Running)
     check(scrape, up=1, integrations=1, errors=0)
     cause(exp, "cannot read integration errors", "not valid JSON")
     # Records read before the cut are dropped, not exported as if they were all of them.
-    expected = {i["id"]: float(len(i["relationships"]["integration-errors"]["data"]))
-                for i in sim.dataset.integrations}
-    exported = {dict(k)["integration_id"]: v
-                for k, v in scrape.series("polarity_integration_errors").items()}
-    assert exported == expected
+    assert error_counts(scrape) == relationship_counts(sim)
 
 
 def test_connection_dropped_mid_body(sim: Simulator, exp: Running) -> None:

@@ -472,14 +472,19 @@ def web_config_secret(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return found[0]
 
 
-def test_web_config_arg_names_the_file_mounted_from_the_web_config_secret() -> None:
-    docs = case_objects(WEB_CI)
-    deployment = only(docs, "Deployment")
+def web_config_mount(deployment: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """--web.config.file, the volume mount holding it, and that mount's volume."""
     container, spec = exporter_container(deployment), pod_spec(deployment)
     config_file = Path(arg_value(container, "--web.config.file") or "")
     mount = next(m for m in container["volumeMounts"]
                  if Path(m["mountPath"]) == config_file.parent)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    return config_file, mount, volume
+
+
+def test_web_config_arg_names_the_file_mounted_from_the_web_config_secret() -> None:
+    docs = case_objects(WEB_CI)
+    config_file, mount, volume = web_config_mount(only(docs, "Deployment"))
     secret = web_config_secret(docs)
     assert mount["readOnly"] is True
     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
@@ -496,16 +501,12 @@ def test_existing_web_config_secret_is_mounted_whole_without_creating_one() -> N
     docs = objects(render({"webConfig": {"existingSecret": "exporter-web",
                                          "existingSecretServesTLS": True}}))
     deployment = only(docs, "Deployment")
-    container, spec = exporter_container(deployment), pod_spec(deployment)
-    config_file = Path(arg_value(container, "--web.config.file") or "")
-    mount = next(m for m in container["volumeMounts"]
-                 if Path(m["mountPath"]) == config_file.parent)
-    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    config_file, _mount, volume = web_config_mount(deployment)
     # Whole, so that certificates beside web-config.yml can be named by relative path.
     assert volume["secret"]["secretName"] == "exporter-web" and "items" not in volume["secret"]
     assert config_file.name == "web-config.yml"
     assert "Secret" not in {d["kind"] for d in docs}
-    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert exporter_container(deployment)["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
 
 
 def web_checksum(config: dict[str, Any]) -> str | None:
