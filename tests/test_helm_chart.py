@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import importlib
 import json
 import tomllib
 from collections.abc import Iterator
@@ -20,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
-from conftest import IN_CI, REPO, SIM_PASSWORD, SIM_USER, require_tool
+from conftest import REPO, SIM_PASSWORD, SIM_USER, require_tool
 
-helm = pytest.importorskip("helm_python")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
+from polarity_exporter.cli import command
 
 CHART = REPO / "helm" / "polarity-exporter"
 SIDECAR = REPO / "helm" / "examples" / "sidecar"
@@ -91,27 +91,10 @@ def exporter_container(workload: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in containers if c["name"] == "polarity-exporter")
 
 
-def require_source(path: Path) -> None:
-    """The repo's rules/dashboards come from another part of the project: fail under CI."""
-    if not path.exists():
-        message = f"{path.relative_to(REPO)} does not exist"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def require_synced_copies() -> None:
-    require_source(RULES_SOURCE)
-    require_source(DASHBOARDS_SOURCE)
-
-
 @functools.cache
 def rendered_case(path: Path | None) -> dict[str, str]:
     """Each values case is rendered once per session (rendering is the slow part)."""
-    values = load_values(path)
-    if any(values.get(key, {}).get("enabled") for key in ("prometheusRule", "dashboards")):
-        require_synced_copies()
-    return render(values)
+    return render(load_values(path))
 
 
 def case_objects(path: Path | None) -> list[dict[str, Any]]:
@@ -325,14 +308,8 @@ def test_insecure_skip_verify_switch_adds_the_flag() -> None:
 
 @pytest.fixture(scope="module")
 def cli() -> click.Command:
-    """The exporter's click command, found by type (its attribute name is not an interface)."""
-    try:
-        module = importlib.import_module("polarity_exporter.cli")
-    except ImportError as exc:  # the core exporter is another part of the project
-        if IN_CI:
-            pytest.fail(f"polarity_exporter.cli is missing: {exc}")
-        pytest.skip(f"polarity_exporter.cli is missing: {exc}")
-    return next(v for v in vars(module).values() if isinstance(v, click.Command))
+    """The exporter's click command: the container's ENTRYPOINT parses the chart's args."""
+    return command
 
 
 def parse_args(cli: click.Command, args: list[str], tmp_path: Path) -> None:
@@ -761,13 +738,11 @@ def test_app_version_matches_the_package_version() -> None:
 
 
 def test_chart_rules_copy_equals_the_repo_rules() -> None:
-    require_source(RULES_SOURCE)
     assert RULES_COPY.exists(), "run helm/sync-chart-files.sh"
     assert RULES_COPY.read_bytes() == RULES_SOURCE.read_bytes(), "run helm/sync-chart-files.sh"
 
 
 def test_chart_dashboards_copy_equals_the_repo_dashboards() -> None:
-    require_source(DASHBOARDS_SOURCE)
     source = {p.name: p.read_bytes() for p in DASHBOARDS_SOURCE.glob("*.json")}
     copy = {p.name: p.read_bytes() for p in DASHBOARDS_COPY.glob("*.json")}
     assert source, "grafana/dashboards/ has no dashboards"
@@ -775,14 +750,12 @@ def test_chart_dashboards_copy_equals_the_repo_dashboards() -> None:
 
 
 def test_prometheus_rule_embeds_the_repo_rules() -> None:
-    require_synced_copies()
     docs = case_objects(CHART / "ci" / "password-monitors-rules-values.yaml")
     rule = only(docs, "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(RULES_SOURCE.read_text())["groups"]
 
 
 def test_dashboards_configmap_embeds_the_repo_dashboards() -> None:
-    require_synced_copies()
     docs = case_objects(CHART / "ci" / "password-monitors-rules-values.yaml")
     configmap = only(docs, "ConfigMap")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
