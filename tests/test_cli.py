@@ -12,9 +12,11 @@ import pytest
 from polarity_exporter import __version__
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            python_flags: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
-    return subprocess.run([sys.executable, "-m", "polarity_exporter", *args], text=True,
+    return subprocess.run([sys.executable, *(python_flags or []), "-m", "polarity_exporter",
+                           *args], text=True,
                           capture_output=True, timeout=30, env={**base, **(env or {})})
 
 
@@ -138,3 +140,19 @@ def test_demo_serves_metrics_at_the_printed_url(tmp_path: Path) -> None:
     finally:
         returncode = stop_process(proc)
     assert returncode == 0
+
+
+def test_normal_path_never_imports_the_simulator() -> None:
+    import socket
+
+    # A port that is taken: the exporter builds everything it serves with, then stops at bind.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--polarity.url=http://127.0.0.1:9",
+                         f"--web.listen-address=127.0.0.1:{port}",
+                         env={"POLARITY_API_KEY": "k"}, python_flags=["-X", "importtime"])
+    assert "cannot listen on" in result.stderr
+    assert "polarity_exporter.client" in result.stderr  # importtime did report the imports
+    assert "simulator" not in result.stderr
