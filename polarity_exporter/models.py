@@ -152,7 +152,8 @@ def _count(value: Any, problems: Problems) -> float | None:
     number: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        # ASCII only: str.isdigit() also accepts "²", which float() rejects.
         number = float(value.strip())
     if number is None or not math.isfinite(number) or number < 0 or not number.is_integer() \
             or number > _MAX_COUNT:

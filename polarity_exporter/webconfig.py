@@ -84,7 +84,8 @@ class BasicAuth:
 
     def __post_init__(self) -> None:
         # Same cost as the real hashes, so an unknown user takes as long as a wrong password.
-        rounds = max((int(h[4:6]) for h in self.users.values() if h[4:6].isdigit()), default=10)
+        costs = [h[4:6] for h in self.users.values()]
+        rounds = max((int(c) for c in costs if c.isascii() and c.isdigit()), default=10)
         self._dummy = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds))
 
     def check(self, authorization: str | None) -> bool:

@@ -43,7 +43,7 @@ def test_unreadable_timestamp_still_counts_the_record() -> None:
     assert problems == {"occurred-on": 1}
 
 
-@pytest.mark.parametrize("count", [-1, 1.5, "many", None, True, float("inf")])
+@pytest.mark.parametrize("count", [-1, 1.5, "many", None, True, float("inf"), "\u00b2"])
 def test_unreadable_error_count_is_counted_as_a_problem(count: Any) -> None:
     problems: Counter[str] = Counter()
     record = parse_error(error(**{"error-count": count}), problems)

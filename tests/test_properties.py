@@ -187,7 +187,8 @@ def test_any_api_answer_is_collected_safely_and_truthfully(
     numbers_in_input = [v for v in all_values(errors)
                         if isinstance(v, (int, float)) and not isinstance(v, bool)]
     ceiling = sum(abs(float(v)) for v in numbers_in_input) + sum(
-        float(v) for v in all_values(errors) if isinstance(v, str) and v.strip().isdigit())
+        float(v) for v in all_values(errors)
+        if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit())
     for sample in by_name.get("polarity_integration_error_occurrences", []):
         assert 0 <= sample.value <= ceiling
     times = instants(errors)
