@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -152,31 +152,28 @@ class Scrape:
 
 
 @contextmanager
-def exporter(sim_url: str, *flags: str) -> Iterator[Server]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "polarity_exporter", f"--polarity.url={sim_url}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *flags],
-        stdout=subprocess.DEVNULL, env=child_env())
+def serving(command: list[str], port: int, ready_path: str) -> Iterator[Server]:
+    """A server process, once it answers ready_path; stopped when the block ends."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=child_env())
     try:
-        wait_ready(f"http://127.0.0.1:{port}/-/ready", proc)
+        wait_ready(f"http://127.0.0.1:{port}{ready_path}", proc)
         yield Server(proc, f"http://127.0.0.1:{port}")
     finally:
         stop(proc)
 
 
-@contextmanager
-def straightforward(sim_url: str, page_size: int) -> Iterator[Server]:
+def exporter(sim_url: str, *flags: str) -> AbstractContextManager[Server]:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH / "straightforward_exporter.py"), f"--url={sim_url}",
-         f"--port={port}", f"--page-size={page_size}"],
-        stdout=subprocess.DEVNULL, env=child_env())
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/", proc)
-        yield Server(proc, f"http://127.0.0.1:{port}")
-    finally:
-        stop(proc)
+    return serving([sys.executable, "-m", "polarity_exporter", f"--polarity.url={sim_url}",
+                    f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *flags],
+                   port, "/-/ready")
+
+
+def straightforward(sim_url: str, page_size: int) -> AbstractContextManager[Server]:
+    port = free_port()
+    return serving([sys.executable, str(BENCH / "straightforward_exporter.py"),
+                    f"--url={sim_url}", f"--port={port}", f"--page-size={page_size}"],
+                   port, "/")
 
 
 def run_json(*args: str) -> dict[str, Any]:

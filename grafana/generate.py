@@ -253,49 +253,52 @@ def last_value() -> common.ReduceDataOptions:
     return common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
 
 
+def stat_panel(title: str, description: str, unit: str) -> stat.Panel:
+    """A stat panel showing the last value, with what every panel needs."""
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .reduce_options(last_value())
+    )
+
+
 def overview() -> dashboard.Dashboard:
     api_up = (
-        stat.Panel()
-        .title("Polarity API up")
-        .description(
+        stat_panel(
+            "Polarity API up",
             "polarity_up per exporter: UP when the last scrape authenticated with Polarity and "
-            "listed every integration, DOWN otherwise (see the exporter log for the cause)."
+            "listed every integration, DOWN otherwise (see the exporter log for the cause).",
+            "none",
         )
-        .datasource(DATASOURCE)
         .with_target(target(Q_UP, "{{instance}}", instant=True))
-        .unit("none")
         .mappings(UP_MAPPINGS)
         .color_mode(common_models.BigValueColorMode.BACKGROUND)
-        .reduce_options(last_value())
         .span(8).height(4)
     )
     errors_readable = (
-        stat.Panel()
-        .title("Errors endpoint readable")
-        .description(
+        stat_panel(
+            "Errors endpoint readable",
             "Whether the exporter could read /api/integrations/errors. Unreadable (often a 403: "
-            "the account is neither admin nor integration manager) leaves the error panels empty."
+            "the account is neither admin nor integration manager) leaves the error panels empty.",
+            "none",
         )
-        .datasource(DATASOURCE)
         .with_target(target(Q_ERRORS_READABLE, "{{instance}}", instant=True))
-        .unit("none")
         .mappings([dm.ValueMap(options={
             "0": dm.ValueMappingResult(text="UNREADABLE", color="orange", index=0),
             "1": dm.ValueMappingResult(text="READABLE", color="green", index=1),
         })])
         .color_mode(common_models.BigValueColorMode.BACKGROUND)
-        .reduce_options(last_value())
         .span(8).height(4)
     )
     counts = (
-        stat.Panel()
-        .title("Integrations running / not running")
-        .description("How many listed integrations have status \"running\", and how many not.")
-        .datasource(DATASOURCE)
+        stat_panel("Integrations running / not running",
+                   "How many listed integrations have status \"running\", and how many not.",
+                   "short")
         .with_target(target(Q_RUNNING_COUNT, "running", "A", instant=True))
         .with_target(target(Q_NOT_RUNNING_COUNT, "not running", "B", instant=True))
-        .unit("short")
-        .reduce_options(last_value())
         .text_mode(common_models.BigValueTextMode.VALUE_AND_NAME)
         .span(8).height(4)
     )
@@ -480,34 +483,21 @@ def integration() -> dashboard.Dashboard:
         .span(12).height(4)
     )
     status_now = (
-        stat.Panel()
-        .title("Status")
-        .description("The integration's raw status as Polarity reports it now.")
-        .datasource(DATASOURCE)
+        stat_panel("Status", "The integration's raw status as Polarity reports it now.", "none")
         .with_target(target(Q_I_STATUS, "{{status}}", instant=True))
-        .unit("none")
         .text_mode(common_models.BigValueTextMode.NAME)
-        .reduce_options(last_value())
         .span(4).height(4)
     )
     records = (
-        stat.Panel()
-        .title("Error records")
-        .description("Number of error records Polarity keeps for this integration.")
-        .datasource(DATASOURCE)
+        stat_panel("Error records",
+                   "Number of error records Polarity keeps for this integration.", "short")
         .with_target(target(Q_I_ERROR_RECORDS, "{{instance}}", instant=True))
-        .unit("short")
-        .reduce_options(last_value())
         .span(4).height(4)
     )
     users = (
-        stat.Panel()
-        .title("Affected users")
-        .description("Distinct users who triggered this integration's errors.")
-        .datasource(DATASOURCE)
+        stat_panel("Affected users", "Distinct users who triggered this integration's errors.",
+                   "short")
         .with_target(target(Q_I_AFFECTED_USERS, "{{instance}}", instant=True))
-        .unit("short")
-        .reduce_options(last_value())
         .span(4).height(4)
     )
     history = (

@@ -41,7 +41,8 @@ ENV = "POLARITY_EXPORTER_"
 
 
 def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
-    name = flag.lstrip("-").replace(".", "_").replace("-", "_")
+    # --polarity.url -> "url", --web.listen-address -> "web_listen_address".
+    name = flag.lstrip("-").removeprefix("polarity.").replace(".", "_").replace("-", "_")
     return click.option(flag, name, envvar=envvar, show_envvar=True, show_default=True, **kwargs)
 
 
@@ -105,16 +106,16 @@ def command(**flags: Any) -> None:
 
 
 def build_config(flags: dict[str, Any]) -> Config:
-    if not flags["polarity_url"]:
+    if not flags["url"]:
         raise ConfigError("--polarity.url is required (or POLARITY_URL)")
     # Secrets are read from the environment here, never declared as click parameters, so that
     # no flag can take them and --help never echoes them.
     credentials = flags.get("credentials") or choose_credentials(
         api_key=os.environ.get("POLARITY_API_KEY"),
-        api_key_file=flags["polarity_api_key_file"],
-        username=flags["polarity_username"],
+        api_key_file=flags["api_key_file"],
+        username=flags["username"],
         password=os.environ.get("POLARITY_PASSWORD"),
-        password_file=flags["polarity_password_file"],
+        password_file=flags["password_file"],
     )
     if not flags["web_telemetry_path"].startswith("/") or flags["web_telemetry_path"] in (
             "/", "/-/healthy", "/-/ready"):
@@ -123,13 +124,13 @@ def build_config(flags: dict[str, Any]) -> Config:
     host, port = parse_listen_address(flags["web_listen_address"])
     return Config(
         polarity=PolarityConfig(
-            url=normalize_url(flags["polarity_url"]),
+            url=normalize_url(flags["url"]),
             credentials=credentials,
-            ca_file=flags["polarity_ca_file"],
-            insecure_skip_verify=flags["polarity_insecure_skip_verify"],
-            timeout=flags["polarity_timeout"],
-            page_size=flags["polarity_page_size"],
-            max_concurrency=flags["polarity_max_concurrency"],
+            ca_file=flags["ca_file"],
+            insecure_skip_verify=flags["insecure_skip_verify"],
+            timeout=flags["timeout"],
+            page_size=flags["page_size"],
+            max_concurrency=flags["max_concurrency"],
         ),
         collector=CollectorConfig(max_codes=flags["collector_max_codes"],
                                   max_label_length=flags["collector_max_label_length"]),
@@ -159,7 +160,7 @@ def _start_demo(flags: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
                                           users={username: password}, base_time=time.time()))
     simulator.start()
     log.info("demo: started the Polarity simulator", extra={"url": simulator.url})
-    return simulator, {**flags, "polarity_url": simulator.url,
+    return simulator, {**flags, "url": simulator.url,
                        "credentials": Password(username, password)}
 
 

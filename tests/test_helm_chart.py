@@ -660,8 +660,8 @@ def test_chart_defaults_for_exporter_flags_match_the_cli(cli: click.Command) -> 
     with helm.Chart.load(CHART) as chart:
         defaults = chart.values
     params = {p.name: p.default for p in cli.params}
-    assert defaults["polarity"]["pageSize"] == params["polarity_page_size"]
-    assert defaults["polarity"]["maxConcurrency"] == params["polarity_max_concurrency"]
+    assert defaults["polarity"]["pageSize"] == params["page_size"]
+    assert defaults["polarity"]["maxConcurrency"] == params["max_concurrency"]
     assert defaults["cacheTTL"] == params["cache_ttl"]
 
 
