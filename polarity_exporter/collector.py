@@ -20,8 +20,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from polarity_exporter import __version__
-from polarity_exporter.client import Deadline, Listing, PolarityClient, PolarityError
+from polarity_exporter.client import Listing, PolarityClient
 from polarity_exporter.config import CollectorConfig
+from polarity_exporter.deadline import Deadline
+from polarity_exporter.errors import DeadlineExceeded, PolarityError
 from polarity_exporter.memory import cyclic_gc_paused
 from polarity_exporter.models import (
     ErrorRecord,
@@ -87,19 +89,27 @@ class IntegrationErrors:
 
 class ErrorSummary:
     """Error records folded per integration as they stream in: memory grows with the number of
-    distinct (integration, code) pairs and users, not with the number of records."""
+    distinct (integration, code) pairs and users, not with the number of records.
+
+    Keyed by the integration's *label*: two ids that clean to the same label value (they differ
+    only in control characters, or after the length cut) are merged, never two series.
+    """
 
     def __init__(self, clean: LabelCleaner) -> None:
         self.clean = clean
         self.integrations: dict[str, IntegrationErrors] = {}
-        # Raw code -> its label, for this scrape: codes repeat across thousands of records.
+        # Raw id or code -> its label, for this scrape: both repeat across thousands of records.
+        self._ids: dict[str, str] = {}
         self._labels: dict[str, str] = {}
 
     def add(self, record: ErrorRecord) -> None:
-        # Runs once per record: the CodeStats update is inlined rather than a method call.
-        entry = self.integrations.get(record.integration_id)
+        # Runs once per record: lookups are inlined and CodeStats.add is not called.
+        label = self._ids.get(record.integration_id)
+        if label is None:
+            label = self._ids[record.integration_id] = self.clean(record.integration_id)
+        entry = self.integrations.get(label)
         if entry is None:
-            entry = self.integrations[record.integration_id] = IntegrationErrors()
+            entry = self.integrations[label] = IntegrationErrors()
         entry.records += 1
         code = self._labels.get(record.code)
         if code is None:
@@ -157,18 +167,36 @@ def summarize_errors(items: Iterable[Any], clean: LabelCleaner,
     return summary
 
 
+def unique_labels(integrations: Iterable[Integration], clean: LabelCleaner,
+                  problems: Problems) -> dict[str, Integration]:
+    """Integrations by label value. Ids are already normalised (5 and "5" are one id, and the
+    listing dropped repeats); two that still clean to the same label (they differ only in
+    control characters or after the length cut) would be two series with one label set, which
+    Prometheus rejects: the later is dropped and counted as an unreadable `id`."""
+    by_label: dict[str, Integration] = {}
+    for integration in integrations:
+        label = clean(integration.id)
+        if label in by_label:
+            problems["id"] += 1
+            continue
+        by_label[label] = integration
+    return by_label
+
+
 @dataclass
 class ScrapeResult:
     """Everything one scrape learnt, before it becomes metric families."""
 
     authenticated: bool = False
-    integrations: list[Integration] | None = None
-    listing: Listing | None = None
+    integrations: dict[str, Integration] | None = None  # by label value
+    listing: Listing[Integration] | None = None
     errors: ErrorSummary | None = None
     problems: dict[str, Problems] = field(
         default_factory=lambda: {"integrations": Counter(), "errors": Counter()})
     duration: float = 0.0
     timeout: float = 0.0  # the deadline this scrape was given, in seconds
+    deadline_hit: bool = False  # some part ran out of time: the result says more of the
+    # deadline than of Polarity, so it is not reused by --cache.ttl
 
     @property
     def up(self) -> bool:
@@ -177,6 +205,10 @@ class ScrapeResult:
 
 def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+def _integration_id(integration: Integration) -> str:
+    return integration.id
 
 
 class PolarityCollector(Collector):
@@ -189,61 +221,85 @@ class PolarityCollector(Collector):
         self._default_timeout = default_timeout
         self._clean = LabelCleaner(config.max_label_length)
         # The errors download runs beside the integrations listing, not after it.
-        self._errors_pool = ThreadPoolExecutor(2, thread_name_prefix="polarity-errors")
+        self._errors_pool = ThreadPoolExecutor(1, thread_name_prefix="polarity-errors")
 
     def describe(self) -> Iterator[Metric]:
         # Registering the collector must not call Polarity: describe the families, empty.
         return iter(_Families(self._config.max_codes).all())
 
     def collect(self) -> Iterator[Metric]:
-        return iter(self.scrape(self._default_timeout))
+        return iter(self.scrape(Deadline(self._default_timeout))[0])
 
     def close(self) -> None:
         self._errors_pool.shutdown(wait=True, cancel_futures=True)
 
     # --- talking to Polarity ------------------------------------------------------------------
 
-    def scrape(self, timeout: float) -> list[Metric]:
+    def scrape(self, deadline: Deadline,
+               timeout: Deadline | None = None) -> tuple[list[Metric], bool]:
+        """The scrape's families, and whether they may be reused (no part ran out of time).
+
+        `deadline` is when to stop talking to Polarity; `timeout` the scrape's own deadline,
+        later by the time kept for encoding the answer (reported as
+        polarity_scrape_timeout_seconds; `deadline` when not given).
+        """
         with cyclic_gc_paused():
-            result = self.fetch(Deadline(timeout))
-            return self.build(result)
+            result = self.fetch(deadline)
+            result.timeout = (timeout or deadline).seconds
+            return self.build(result), not result.deadline_hit
 
     def fetch(self, deadline: Deadline) -> ScrapeResult:
         result = ScrapeResult(timeout=deadline.seconds)
         started = time.perf_counter()
-        try:
-            self._client.authenticate(deadline)
-            result.authenticated = True
-        except PolarityError as exc:
-            log.error("cannot authenticate with Polarity", extra={"err": str(exc)})
+        result.authenticated = self._part("cannot authenticate with Polarity", result,
+                                          self._client.authenticate, deadline) is not None
         if result.authenticated:
-            errors = self._errors_pool.submit(self._fetch_errors, deadline,
+            errors = self._errors_pool.submit(self._part, "cannot read integration errors",
+                                              result, self._fetch_errors, deadline,
                                               result.problems["errors"])
-            self._fetch_integrations(deadline, result)
+            self._part("cannot list integrations", result, self._fetch_integrations, deadline,
+                       result)
             result.errors = errors.result()
         result.duration = time.perf_counter() - started
         self._log_problems(result)
         return result
 
-    def _fetch_integrations(self, deadline: Deadline, result: ScrapeResult) -> None:
+    def _part(self, failure: str, result: ScrapeResult, fn: Any, *args: Any) -> Any:
+        """Run one part of a scrape: its failure is logged once and costs only that part.
+
+        Returns what `fn` returns (True when it returns None), or None when it failed.
+        """
         try:
-            listing = self._client.list_integrations(deadline)
+            value = fn(*args)
         except PolarityError as exc:
-            log.error("cannot list integrations", extra={"err": str(exc)})
-            return
+            result.deadline_hit |= isinstance(exc, DeadlineExceeded)
+            level = logging.WARNING if failure.endswith("errors") else logging.ERROR
+            log.log(level, failure, extra={"err": str(exc)})
+            return None
+        except Exception as exc:  # a bug, or input beyond every bound: never the whole scrape
+            log.error(failure, extra={"err": f"unexpected {type(exc).__name__}: "
+                                             f"{' '.join(str(exc).split())[:200]}"})
+            return None
+        return True if value is None else value
+
+    def _fetch_integrations(self, deadline: Deadline, result: ScrapeResult) -> None:
+        problems = result.problems["integrations"]
+
+        def parse(items: list[Any]) -> list[Integration]:
+            # Called for one page at a time (the client decodes pages one by one).
+            parsed = (parse_integration(item, problems) for item in items)
+            return [integration for integration in parsed if integration is not None]
+
+        listing = self._client.list_integrations(deadline, parse, _integration_id)
         if not listing.complete:
             log.warning("integration listing is incomplete",
                         extra={"server": self._client.base_url, "err": "; ".join(listing.notes)})
+        result.integrations = unique_labels(listing.items, self._clean, problems)
+        listing.items = []  # kept once, by label
         result.listing = listing
-        result.integrations = parse_integrations(listing.items, result.problems["integrations"])
-        listing.items = []  # the raw JSON is parsed: do not keep it alive until the response
 
-    def _fetch_errors(self, deadline: Deadline, problems: Problems) -> ErrorSummary | None:
-        try:
-            return summarize_errors(self._client.iter_errors(deadline), self._clean, problems)
-        except PolarityError as exc:
-            log.warning("cannot read integration errors", extra={"err": str(exc)})
-            return None
+    def _fetch_errors(self, deadline: Deadline, problems: Problems) -> ErrorSummary:
+        return summarize_errors(self._client.iter_errors(deadline), self._clean, problems)
 
     @staticmethod
     def _log_problems(result: ScrapeResult) -> None:
@@ -255,18 +311,18 @@ class PolarityCollector(Collector):
                             extra={"collector": collector, "fields": fields})
 
     def build(self, result: ScrapeResult) -> list[Metric]:
-        return build_families(result, self._config, self._clean)
+        return build_families(result, self._config)
 
 
-def build_families(result: ScrapeResult, config: CollectorConfig,
-                   clean: LabelCleaner) -> list[Metric]:
+def build_families(result: ScrapeResult, config: CollectorConfig) -> list[Metric]:
     """The scrape's metric families, in one pass over its integrations, then the orphan ids.
 
     This runs on every scrape over up to ~100k samples, so samples are appended directly as
     prometheus_client `Sample`s (`add_metric` would zip a label list into a new dict for every
     sample), and the samples of one integration share their label dicts. The encoders only read
-    labels, never change them.
+    labels, never change them. Every label value was cleaned before (unique_labels, ErrorSummary).
     """
+    clean = LabelCleaner(config.max_label_length)
     families = _Families(config.max_codes)
     _sample(families.up, {}, 1.0 if result.up else 0.0)
     _sample(families.duration, {}, result.duration)
@@ -279,11 +335,10 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     for collector, problems in result.problems.items():
         for name, count in sorted(problems.items()):
             _sample(families.unreadable, {"collector": collector, "field": name}, float(count))
-    errors = _ErrorSamples(families, result.errors, config.max_codes) \
+    errors = _ErrorSamples(families, result.errors, config) \
         if result.errors is not None else None
     info, status, running = families.info, families.status, families.running
-    for integration in result.integrations or ():
-        label = clean(integration.id)
+    for label, integration in (result.integrations or {}).items():
         by_id = {"integration_id": label}
         info.samples.append(Sample(info.name, {
             "integration_id": label, "name": clean(integration.name),
@@ -293,7 +348,7 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
         running.samples.append(Sample(running.name, by_id,
                                       1.0 if integration.status == "running" else 0.0))
         if errors is not None:
-            errors.add(integration.id, by_id)
+            errors.add(label, by_id)
         elif integration.error_refs is not None:
             # The errors endpoint failed (403 for ordinary accounts): fall back to the error ids
             # each integration carries in its relationships.
@@ -308,25 +363,26 @@ def _sample(family: Metric, labels: dict[str, str], value: float) -> None:
 
 
 class _ErrorSamples:
-    """Appends the error samples of one integration id at a time, each id once."""
+    """Appends the error samples of one integration label at a time, each label once."""
 
-    def __init__(self, families: _Families, summary: ErrorSummary, max_codes: int) -> None:
+    def __init__(self, families: _Families, summary: ErrorSummary,
+                 config: CollectorConfig) -> None:
         self._families = families
         self._summary = summary
-        self._max_codes = max_codes
+        self._max_codes = config.max_codes
+        self._max_orphans = config.max_orphan_ids
         self._done: set[str] = set()
         self._folded = 0
 
-    def add(self, integration_id: str, by_id: dict[str, str]) -> None:
-        if integration_id in self._done:  # listed twice (an id sent both as 5 and "5")
-            return
-        self._done.add(integration_id)
-        errors, users = self._families.errors, self._families.affected_users
-        entry = self._summary.integrations.get(integration_id)
+    def add(self, label: str, by_id: dict[str, str]) -> None:
+        self._done.add(label)
+        entry = self._summary.integrations.get(label)
         if entry is None:  # listed, without errors: an explicit zero
-            errors.samples.append(Sample(errors.name, by_id, 0.0))
-            users.samples.append(Sample(users.name, by_id, 0.0))
-            return
+            entry = IntegrationErrors()
+        self._add_entry(entry, by_id)
+
+    def _add_entry(self, entry: IntegrationErrors, by_id: dict[str, str]) -> None:
+        errors, users = self._families.errors, self._families.affected_users
         errors.samples.append(Sample(errors.name, by_id, float(entry.records)))
         users.samples.append(Sample(users.name, by_id, float(len(entry.users))))
         codes = entry.codes
@@ -344,12 +400,39 @@ class _ErrorSamples:
 
     def add_orphans(self) -> None:
         """Ids only the errors endpoint knows (uninstalled integrations, say): their errors are
-        real and must not vanish because the listing lacks them."""
-        clean = self._summary.clean
-        for integration_id in self._summary.integrations:
-            if integration_id not in self._done:
-                self.add(integration_id, {"integration_id": clean(integration_id)})
+        real and must not vanish because the listing lacks them. At most `max_orphan_ids`
+        series, the ids with most records first; the rest fold into integration_id="other"."""
+        orphans = [(label, entry) for label, entry in self._summary.integrations.items()
+                   if label not in self._done]
+        kept = orphans
+        if len(orphans) > self._max_orphans:
+            orphans.sort(key=lambda item: (-item[1].records, item[0]))
+            kept = orphans[: self._max_orphans - 1]
+            rest = IntegrationErrors()
+            for _, entry in orphans[self._max_orphans - 1:]:
+                _merge_into(rest, entry)
+            if OTHER_ID not in self._done:  # a listed integration named "other" keeps its own
+                kept.append((OTHER_ID, rest))
+            _sample(self._families.orphans_folded, {},
+                    float(len(orphans) - (self._max_orphans - 1)))
+        else:
+            _sample(self._families.orphans_folded, {}, 0.0)
+        for label, entry in kept:
+            self._add_entry(entry, {"integration_id": label})
         _sample(self._families.folded, {}, float(self._folded))
+
+
+OTHER_ID = "other"
+
+
+def _merge_into(target: IntegrationErrors, entry: IntegrationErrors) -> None:
+    target.records += entry.records
+    target.users |= entry.users
+    for code, stats in entry.codes.items():
+        mine = target.codes.get(code)
+        if mine is None:
+            target.codes[code] = mine = CodeStats()
+        mine.merge(stats)
 
 
 class _Families:
@@ -373,6 +456,10 @@ class _Families:
             "polarity_scrape_unreadable_fields",
             "Fields of Polarity records that could not be read in this scrape.",
             ["collector", "field"])
+        self.orphans_folded = _gauge(
+            "polarity_scrape_orphan_ids_folded",
+            "Integration ids named only by error records (not in the listing) that were folded "
+            f"into integration_id=\"{OTHER_ID}\" in this scrape (--collector.max-orphan-ids).")
         self.folded = _gauge(
             "polarity_scrape_error_codes_folded",
             f"Distinct error codes folded into code=\"{OTHER_CODE}\" in this scrape, because an "

@@ -50,6 +50,9 @@ class PolarityConfig:
 class CollectorConfig:
     max_codes: int = 20
     max_label_length: int = 128
+    # Integration ids that only the errors endpoint names (not in the listing): at most this many
+    # series; the rest fold into integration_id="other".
+    max_orphan_ids: int = 100
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class Exporter:
     app: ExporterApp
     client: PolarityClient
     collector: PolarityCollector
+    shared: SharedScrape
     scheme: str
 
     @property
@@ -52,6 +53,7 @@ class Exporter:
         """Stop accepting, finish scrapes in flight, log out of Polarity."""
         self.server.shutdown()
         self.server.server_close()  # waits for scrapes in flight
+        self.shared.close()
         self.collector.close()
         self.client.close()
 
@@ -80,11 +82,12 @@ def build_exporter(config: Config) -> Exporter:
     try:
         server = bind(app, config.web.host, config.web.port, tls=tls)
     except OSError as exc:
+        shared.close()
         collector.close()
         client.close()
         raise ConfigError(f"cannot listen on {config.web.host}:{config.web.port}: "
                           f"{exc.strerror or exc}") from None
-    return Exporter(server, app, client, collector, "https" if tls else "http")
+    return Exporter(server, app, client, collector, shared, "https" if tls else "http")
 
 
 def run(config: Config) -> None:

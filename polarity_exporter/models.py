@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 # Counter of unreadable fields, keyed by field name (a small fixed set: safe as a metric label).
@@ -40,26 +41,40 @@ class ErrorRecord:
     affected_users: tuple[str, ...]
 
 
+# Longest text kept from a field: one more than the longest label value allowed, so the label
+# cleaner still sees that it was cut. A 40 MB name costs 4 KB past the parser.
+MAX_TEXT = 4097
+# Ids and statuses that are numbers: anything beyond int64 is not an id.
+_MAX_INT = 2**63
+
+
 def _as_id(value: Any) -> str | None:
-    # Ids are strings in Polarity, but a number is unambiguous enough to keep.
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int):
+    # Ids are strings in Polarity, but a number is unambiguous enough to keep; 5 and "5" are
+    # the same id (and the same label).
+    if type(value) is str:
+        return value[:MAX_TEXT] or None
+    if type(value) is int and -_MAX_INT < value < _MAX_INT:
         return str(value)
     return None
 
 
 def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # `status` arrives as a number from some integrations; keep its usual spelling.
-        return str(int(value)) if float(value).is_integer() else str(value)
+    if type(value) is str:
+        return value[:MAX_TEXT]
+    if type(value) is int:
+        return str(value) if -_MAX_INT < value < _MAX_INT else None
+    if isinstance(value, float | Decimal) and _finite(value):
+        # `status` arrives as a number from some integrations; keep its usual spelling. The
+        # range check comes first: int() of Decimal("1e999999999") would not finish.
+        number: float | Decimal = value
+        if -_MAX_INT < number < _MAX_INT and number == int(number):
+            return str(int(number))
+        return str(number)[:MAX_TEXT]
     return None
+
+
+def _finite(value: float | Decimal) -> bool:
+    return value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
 
 
 def _attributes(item: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +142,8 @@ def parse_error(item: Any, problems: Problems) -> ErrorRecord | None:
         if code is None:
             problems["code"] += 1
             code = ""
+    elif len(code) > MAX_TEXT:
+        code = code[:MAX_TEXT]
     count = attrs.get("error-count")
     if type(count) is int and 0 <= count <= _MAX_COUNT:
         count = float(count)
@@ -149,16 +166,23 @@ _MAX_COUNT = float(2**53)
 
 
 def _count(value: Any, problems: Problems) -> float | None:
+    """A non-negative whole number up to 2**53; anything else (1e400, -3, 2.5, "many", a
+    20-digit count) is an unreadable field."""
     number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+    if type(value) is int:
+        number = float(value) if 0 <= value <= _MAX_COUNT else None
+    elif type(value) is float or isinstance(value, Decimal):
+        # Range first: int() of Decimal("1e999999999") would not finish.
+        if _finite(value) and 0 <= value <= _MAX_COUNT and value == int(value):
+            number = float(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() \
+            and len(value.strip()) <= 16:
         # ASCII only: str.isdigit() also accepts "²", which float() rejects.
         number = float(value.strip())
-    if number is None or not math.isfinite(number) or number < 0 or not number.is_integer() \
-            or number > _MAX_COUNT:
+        if number > _MAX_COUNT:
+            number = None
+    if number is None:
         problems["error-count"] += 1
-        return None
     return number
 
 

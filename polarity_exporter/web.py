@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import html
 import logging
+import math
 import socket
 import ssl
 import sys
@@ -34,7 +35,10 @@ log = logging.getLogger(__name__)
 Scrape = Callable[[float], Iterable[Any]]  # timeout in seconds -> metric families
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
-MIN_TIMEOUT = 0.1
+# The floor of a scrape's deadline, whatever a client announces: each scrape waits only for its
+# own deadline (scrapecache.py), so a tiny one cannot hurt other scrapes, but a fetch it starts
+# still needs time to connect.
+MIN_TIMEOUT = 0.5
 PROBES = frozenset({"/-/healthy", "/-/ready"})
 # A client that opens a connection but never finishes the TLS handshake must not hold a thread.
 HANDSHAKE_TIMEOUT = 10.0
@@ -86,14 +90,19 @@ class ExporterApp:
         self.ready = threading.Event()
 
     def scrape_timeout(self, environ: dict[str, Any]) -> float:
-        """Prometheus' scrape timeout less the offset; the configured timeout without it."""
+        """Prometheus' scrape timeout less the offset, within [MIN_TIMEOUT, --polarity.timeout];
+        --polarity.timeout without the header. Any header value gives a usable deadline."""
         header = environ.get(TIMEOUT_HEADER)
-        if header:
-            try:
-                return max(MIN_TIMEOUT, float(header) - self._offset)
-            except ValueError:
-                log.debug("ignoring bad scrape timeout header", extra={"value": header[:32]})
-        return self._default_timeout
+        if not header:
+            return self._default_timeout
+        try:
+            value = float(header[:64]) - self._offset
+        except ValueError:
+            value = math.nan
+        if math.isnan(value):
+            log.debug("ignoring bad scrape timeout header", extra={"value": header[:32]})
+            return self._default_timeout
+        return min(self._default_timeout, max(MIN_TIMEOUT, value))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO") or "/"

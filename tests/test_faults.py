@@ -164,9 +164,10 @@ def test_a_transient_503_is_retried_into_success(sim: Simulator, exp: Running) -
 
 def test_retries_stop_at_the_deadline(sim: Simulator, exp: Running) -> None:
     sim.faults = F.status(503, F.on(F.INTEGRATIONS))
-    # 0.8 s announced, 0.3 s deadline: no room for the 0.2 s back-off plus a request.
+    # 0.8 s announced: the 0.5 s floor less the encode reserve leaves 0.4 s to fetch, room for
+    # at most one 0.2 s back-off, never for the second (0.4 s).
     check(exp.scrape(timeout=0.8), up=0, integrations=0, errors=1, timeout=0.8)
-    assert integrations_listed(sim) == 1
+    assert integrations_listed(sim) < 1 + MAX_RETRIES
 
 
 def test_login_is_not_retried_because_it_is_not_idempotent(sim: Simulator,

@@ -30,6 +30,7 @@ from reference import to_unix
 from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector
 from polarity_exporter.config import CollectorConfig, Password, PolarityConfig
+from polarity_exporter.deadline import Deadline
 from polarity_exporter.models import parse_timestamp
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
@@ -163,7 +164,7 @@ def test_any_api_answer_is_collected_safely_and_truthfully(
     sim, collector = setup
     sim.faults = F.chain(F.body(json.dumps(listing).encode(), F.on(F.INTEGRATIONS)),
                          F.body(json.dumps(errors).encode(), F.on(F.ERRORS)))
-    families = collector.scrape(5.0)  # must not raise
+    families, _ = collector.scrape(Deadline(5.0))  # must not raise
     text = generate_latest(_Snapshot(families)).decode()
     parse_om(generate_openmetrics(_Snapshot(families)).decode())  # OpenMetrics parses too
     samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
