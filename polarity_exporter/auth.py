@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # After a failed refresh the current token is kept; the refresh is tried again after this long.
 REFRESH_RETRY_SECONDS = 30.0
+# A refresh may use at most this share of what is left of the scrape's deadline: the current
+# token still works, so a slow or hung refresh must not cost the scrape.
+REFRESH_SHARE = 0.25
 
 
 class Authenticator:
@@ -49,7 +52,8 @@ class Authenticator:
                  clock: Callable[[], float] = time.time) -> None:
         self._transport = transport
         self._credentials = credentials
-        self._clock = clock  # wall clock: Polarity states expiry as Unix time
+        # Wall clock (Polarity states expiry as Unix time); tests replace it to age tokens.
+        self.clock = clock
         self._cond = threading.Condition()
         self._token: str | None = None
         self._generation = 0  # bumped on every new token: a 401 invalidates only its own token
@@ -121,7 +125,7 @@ class Authenticator:
             self._cond.wait(remaining)
 
     def _refresh_due(self) -> bool:
-        return bool(self._refresh_at) and self._clock() >= self._refresh_at
+        return bool(self._refresh_at) and self.clock() >= self._refresh_at
 
     def _perform(self, action: str, token: str | None, creds: Password,
                  deadline: Deadline) -> None:
@@ -169,6 +173,7 @@ class Authenticator:
     def _refresh(self, token: str, creds: Password, deadline: Deadline) -> bool:
         """False if Polarity refused the token (log in instead); True otherwise."""
         what = f"token refresh for {creds.username!r} at {self._transport.base_url}"
+        deadline = Deadline(max(0.0, deadline.remaining() * REFRESH_SHARE))
         try:
             with self._transport.exchange("GET", "/api/users/refresh", deadline, what,
                                           token=token) as response:
@@ -182,7 +187,7 @@ class Authenticator:
         except PolarityError as exc:
             # The current token is still valid for a while: keep it, try again after a pause.
             with self._cond:
-                self._refresh_at = self._clock() + REFRESH_RETRY_SECONDS
+                self._refresh_at = self.clock() + REFRESH_RETRY_SECONDS
             log.warning("token refresh failed", extra={"server": self._transport.base_url,
                                                        "err": str(exc)})
             return True
@@ -204,7 +209,7 @@ class Authenticator:
         return token, float(expires) if valid else 0.0
 
     def _store(self, token: str, expires: float) -> None:
-        now = self._clock()
+        now = self.clock()
         with self._cond:
             self._token = token
             self._generation += 1

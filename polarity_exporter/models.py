@@ -97,12 +97,24 @@ def parse_integration(item: Any, problems: Problems) -> Integration | None:
         problems["status"] += 1
     return Integration(
         id=integration_id,
-        name=_as_text(attrs.get("name")) or "",
-        acronym=_as_text(attrs.get("acronym")) or "",
-        version=_as_text(attrs.get("version")) or "",
+        name=_text_field(attrs, "name", problems),
+        acronym=_text_field(attrs, "acronym", problems),
+        version=_text_field(attrs, "version", problems),
         status=status or "",
         error_refs=_error_refs(item, problems),
     )
+
+
+def _text_field(attrs: dict[str, Any], key: str, problems: Problems) -> str:
+    """An optional text attribute: absent is "", present but unreadable is "" and counted."""
+    value = attrs.get(key)
+    if value is None:
+        return ""
+    text = _as_text(value)
+    if text is None:
+        problems[key] += 1
+        return ""
+    return text
 
 
 def _error_refs(item: dict[str, Any], problems: Problems) -> int | None:

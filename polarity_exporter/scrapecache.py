@@ -95,9 +95,8 @@ class SharedScrape:
                 return self._serve(cached)
             flight = self._flight
             if flight is None:
-                now = self._clock()
-                flight = self._flight = _Flight(Deadline(fetch_by - now, self._clock),
-                                                Deadline(answer_by - now, self._clock))
+                flight = self._flight = _Flight(Deadline(timeout - reserve, self._clock),
+                                                Deadline(timeout, self._clock))
                 self._runner.submit(self._run, flight)
             else:
                 flight.deadline.extend_to(fetch_by)

@@ -368,6 +368,10 @@ class Transport:
             with guarding(guard):
                 response = self._request(method, path, deadline, what, token, params,
                                          json_body, connect_timeout=remaining)
+            if guard.fired:
+                # Cut while the headers arrived: http.client takes the end of the stream for
+                # the end of the headers, so what looks like an answer is a fragment.
+                deadline.check(what, "the response headers did not arrive in time")
             yield response
         finally:
             guard.disarm()  # before the connection can go back to the pool

@@ -19,6 +19,8 @@ from polarity_exporter.simulator.server import FaultHook, Request, Response
 INTEGRATIONS = "/api/integrations"
 ERRORS = "/api/integrations/errors"
 LOGIN = "/api/users/login"
+REFRESH = "/api/users/refresh"
+LOGOUT = "/api/users/logout"
 
 Match = Callable[[Request], bool]
 
@@ -76,6 +78,15 @@ def status(code: int, match: Match, headers: dict[str, str] | None = None,
         code, [payload], {"Content-Type": "application/vnd.api+json", **(headers or {})}))
 
 
+def huge_body(code: int, megabytes: int, match: Match) -> FaultHook:
+    """Answer `code` with a JSON-labelled body of `megabytes` MiB (one 64 KiB block repeated, so
+    the simulator itself holds only the block)."""
+    block = b"x" * 65536
+    chunks = [block] * (megabytes * 16)
+    return _when(match, lambda _req, _resp: Response(
+        code, chunks, {"Content-Type": "application/vnd.api+json"}))
+
+
 def body(raw: bytes, match: Match, content_type: str = "application/vnd.api+json",
          code: int = 200) -> FaultHook:
     """Send these bytes instead of the real body."""
@@ -111,6 +122,21 @@ def hang(seconds: float, match: Match) -> FaultHook:
 def trickle(interval: float, match: Match) -> FaultHook:
     """Send the headers at once, then the body 16 bytes at a time, `interval` seconds apart."""
     return _when(match, lambda _req, resp: replace(resp, trickle=interval))
+
+
+def reset(match: Match) -> FaultHook:
+    """Reset the connection (TCP RST) instead of answering."""
+    return _when(match, lambda _req, resp: replace(resp, reset=True))
+
+
+def trickle_headers(interval: float, match: Match) -> FaultHook:
+    """Send a status line, then one byte of a header every `interval` seconds, never ending."""
+    return _when(match, lambda _req, resp: replace(resp, trickle_headers=interval))
+
+
+def trickle_chunk_size(interval: float, match: Match) -> FaultHook:
+    """Send chunked headers, then a chunk-size line one digit every `interval` seconds."""
+    return _when(match, lambda _req, resp: replace(resp, trickle_chunk_size=interval))
 
 
 def cut(after_bytes: int, match: Match) -> FaultHook:

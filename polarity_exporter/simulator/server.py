@@ -13,6 +13,7 @@ import json
 import secrets
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import Counter
@@ -77,6 +78,9 @@ class Response:
     hang: float = 0.0  # seconds to wait before sending anything (a server that never answers)
     trickle: float = 0.0  # seconds between TRICKLE_BYTES-sized slices of the body
     cut_after: int | None = None  # close the connection after this many body bytes
+    reset: bool = False  # answer nothing and reset the connection (TCP RST)
+    trickle_headers: float = 0.0  # seconds between single bytes of a header that never ends
+    trickle_chunk_size: float = 0.0  # seconds between single bytes of an endless chunk-size line
 
     @property
     def length(self) -> int:
@@ -465,6 +469,9 @@ class _Handler(BaseHTTPRequestHandler):
         if response.hang and simulator.stopping.wait(response.hang):
             self.close_connection = True
             return
+        if response.reset or response.trickle_headers or response.trickle_chunk_size:
+            self._send_broken(response)
+            return
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
@@ -494,6 +501,32 @@ class _Handler(BaseHTTPRequestHandler):
             if response.trickle and stopping.wait(response.trickle):
                 self.close_connection = True
                 return
+
+    def _send_broken(self, response: Response) -> None:
+        """TEST-ONLY: a reset, or a status line whose headers or chunk sizes never end."""
+        self.close_connection = True
+        if response.reset:
+            # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            return
+        if response.trickle_headers:
+            interval, start = response.trickle_headers, b"HTTP/1.1 200 OK\r\nX-Slow: "
+        else:
+            interval = response.trickle_chunk_size
+            start = (f"HTTP/1.1 200 OK\r\nContent-Type: {JSONAPI}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n1").encode()
+        self.wfile.write(start)
+        self.wfile.flush()
+        stopping = self.server.simulator.stopping
+        for _ in range(int(120 / interval)):  # bounded: two minutes at the most
+            if stopping.wait(interval):
+                return
+            try:
+                self.wfile.write(b"0")
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
