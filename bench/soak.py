@@ -57,6 +57,15 @@ FAULTS: tuple[Fault, ...] = (
     Fault("tokens revoked", 1, lambda sim: _revoke_once(sim)),
     Fault("login 503", 0, lambda sim: F.chain(_revoke_once(sim),
                                               F.status(503, F.on(F.LOGIN)))),
+    Fault("login 429", 0, lambda sim: F.chain(_revoke_once(sim), F.status(
+        429, F.on(F.LOGIN), headers={"Retry-After": "0"}))),
+    Fault("errors deeply nested", 1, lambda sim: F.body(
+        b'{"data":[' + b"[" * 50_000 + b"]" * 50_000 + b"]}", F.on(F.ERRORS))),
+    Fault("errors numbers out of range", 1, lambda sim: F.body(
+        b'{"data":[{"attributes":{"integration-id":"x","error-count":1e400}}]}',
+        F.on(F.ERRORS))),
+    Fault("listing 500 with a large body", 0, lambda sim: F.huge_body(
+        500, 8, F.on(F.INTEGRATIONS))),
 )
 
 
@@ -119,7 +128,7 @@ def soak(scrapes: int, warmup: int = 200, fault_every: int = 2, max_rss_growth_m
             polarity=PolarityConfig(url=sim.url, credentials=Password(USER, PASSWORD),
                                     timeout=5, page_size=10),
             collector=CollectorConfig(), web=WebConfig(host="127.0.0.1", port=0)))
-        exporter.serve(poll_interval=0.05)
+        exporter.serve()
         url = f"http://127.0.0.1:{exporter.port}/metrics"
         session = requests.Session()
         started = time.monotonic()

@@ -62,6 +62,7 @@ class Authenticator:
         self._busy: str | None = None  # "login" or "refresh" while a thread does that I/O
         self._logins = 0  # logins finished, successful or not
         self._login_error: PolarityError | None = None  # how the last one failed
+        self._closed = False  # logged out for good: the exporter is shutting down
 
     @property
     def account(self) -> str:
@@ -103,6 +104,8 @@ class Authenticator:
         """Under the lock: None to use the current token, else the I/O this thread must do."""
         waited_for: int | None = None  # the login in flight when this thread began to wait
         while True:
+            if self._closed:
+                raise PolarityError(f"{self._transport.base_url}: the exporter is shutting down")
             if self._token is not None:
                 if self._busy == "refresh" or not self._refresh_due():
                     return None
@@ -223,9 +226,12 @@ class Authenticator:
                 self._refresh_at = expires - margin
 
     def logout(self, deadline: Deadline) -> None:
-        """Invalidate the session token (password logins only); failures are only logged."""
+        """Invalidate the session token (password logins only) and refuse to log in again;
+        failures are only logged."""
         with self._cond:
             token, self._token = self._token, None
+            self._closed = True
+            self._cond.notify_all()
         if token is None:
             return
         what = f"logout from {self._transport.base_url}"

@@ -6,6 +6,8 @@ files or environment variables, so they never show in `ps`.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -13,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -28,6 +31,7 @@ from polarity_exporter.config import (
     choose_credentials,
     normalize_url,
     parse_listen_address,
+    redact_url,
 )
 from polarity_exporter.exporter import run
 from polarity_exporter.logs import LEVELS, setup_logging
@@ -72,12 +76,19 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
 @_option("--collector.max-label-length", ENV + "COLLECTOR_MAX_LABEL_LENGTH",
          type=click.IntRange(8, 4096), default=128,
          help="Longest label value; longer names and codes are cut.")
+@_option("--collector.max-orphan-ids", ENV + "COLLECTOR_MAX_ORPHAN_IDS",
+         type=click.IntRange(2, 100000), default=100,
+         help="Most integration ids named only by error records (not in the listing); the "
+              "rest fold into integration_id=\"other\".")
 @_option("--web.listen-address", ENV + "WEB_LISTEN_ADDRESS", default=f":{DEFAULT_PORT}",
          help="host:port to listen on.")
 @_option("--web.telemetry-path", ENV + "WEB_TELEMETRY_PATH", default="/metrics",
          help="Path of the metrics endpoint.")
 @_option("--web.timeout-offset", ENV + "WEB_TIMEOUT_OFFSET", type=click.FloatRange(min=0),
          default=0.5, help="Seconds subtracted from Prometheus' scrape timeout.")
+@_option("--web.shutdown-timeout", ENV + "WEB_SHUTDOWN_TIMEOUT",
+         type=click.FloatRange(min=0, max=3600), default=10.0,
+         help="Seconds scrapes in flight may take to finish after SIGTERM.")
 @_option("--web.config.file", ENV + "WEB_CONFIG_FILE",
          help="Prometheus exporter-toolkit web config (YAML): TLS, basic auth, headers.")
 @_option("--cache.ttl", ENV + "CACHE_TTL", type=click.FloatRange(min=0), default=0.0,
@@ -122,7 +133,7 @@ def build_config(flags: dict[str, Any]) -> Config:
         raise ConfigError(f"--web.telemetry-path {flags['web_telemetry_path']!r} must start "
                           "with / and not be /, /-/healthy or /-/ready")
     host, port = parse_listen_address(flags["web_listen_address"])
-    return Config(
+    config = Config(
         polarity=PolarityConfig(
             url=normalize_url(flags["url"]),
             credentials=credentials,
@@ -133,12 +144,44 @@ def build_config(flags: dict[str, Any]) -> Config:
             max_concurrency=flags["max_concurrency"],
         ),
         collector=CollectorConfig(max_codes=flags["collector_max_codes"],
-                                  max_label_length=flags["collector_max_label_length"]),
+                                  max_label_length=flags["collector_max_label_length"],
+                                  max_orphan_ids=flags["collector_max_orphan_ids"]),
         web=WebConfig(host=host, port=port, telemetry_path=flags["web_telemetry_path"],
                       timeout_offset=flags["web_timeout_offset"],
+                      shutdown_timeout=flags["web_shutdown_timeout"],
                       security=load_security(flags["web_config_file"])),
         cache_ttl=flags["cache_ttl"],
     )
+    warn_about_exposed_secrets(config.polarity.url, {
+        "--polarity.api-key-file": flags["api_key_file"],
+        "--polarity.password-file": flags["password_file"]})
+    return config
+
+
+def warn_about_exposed_secrets(url: str, files: dict[str, str | None]) -> None:
+    """Start-up warnings, not errors: a secret file others can read, and credentials sent to
+    Polarity in clear text over the network."""
+    for flag, path in files.items():
+        if not path:
+            continue
+        with contextlib.suppress(OSError):  # unreadable files were reported already
+            mode = os.stat(path).st_mode & 0o777
+            if mode & 0o077:
+                log.warning("secret file is readable by group or others; chmod 600 it",
+                            extra={"flag": flag, "file": path, "mode": f"{mode:04o}"})
+    parts = urlsplit(url.strip())
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        log.warning("credentials are sent to Polarity unencrypted over http://; use https://",
+                    extra={"server": redact_url(url)})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_security(path: str | None) -> WebSecurity | None:

@@ -115,8 +115,9 @@ class PolarityClient:
         self.auth.credential(deadline)
 
     def close(self) -> None:
-        """Log out (password logins only) and release connections and threads."""
-        self._pages.shutdown(wait=True, cancel_futures=True)
+        """Log out (password logins only) and release connections and threads. Requests still
+        running end at their own deadlines; none of them can log in again."""
+        self._pages.shutdown(wait=False, cancel_futures=True)
         self.auth.logout(Deadline(min(self.config.timeout, 5.0)))
         self.transport.close()
 

@@ -230,8 +230,8 @@ class PolarityCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         return iter(self.scrape(Deadline(self._default_timeout))[0])
 
-    def close(self) -> None:
-        self._errors_pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        self._errors_pool.shutdown(wait=wait, cancel_futures=True)
 
     # --- talking to Polarity ------------------------------------------------------------------
 

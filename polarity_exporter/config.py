@@ -61,6 +61,7 @@ class WebConfig:
     port: int = DEFAULT_PORT
     telemetry_path: str = "/metrics"
     timeout_offset: float = 0.5
+    shutdown_timeout: float = 10.0  # seconds scrapes in flight may take to finish on SIGTERM
     security: WebSecurity | None = None  # from --web.config.file: TLS and basic auth
 
 
@@ -73,16 +74,35 @@ class Config:
 
 
 def normalize_url(url: str) -> str:
-    """Check a Polarity base URL and strip any trailing slash."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--polarity.url {url!r} is not an http(s) URL with a host")
-    if parts.username or parts.password:
+    """Check a Polarity base URL and strip any trailing slash. Errors never repeat a password
+    given in the URL."""
+    try:
+        parts = urlsplit(url.strip())
+        hostname, _ = parts.hostname, parts.port  # both raise ValueError when malformed
+    except ValueError as exc:
+        raise ConfigError(f"--polarity.url {redact_url(url)!r} is not a valid URL "
+                          f"({exc})") from None
+    if parts.username or parts.password or "@" in parts.netloc:
         # A password in the URL would end up in process arguments and logs.
         raise ConfigError("--polarity.url must not contain credentials; use the credential flags")
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise ConfigError(f"--polarity.url {redact_url(url)!r} is not an http(s) URL with a "
+                          "host")
     if parts.query or parts.fragment:
-        raise ConfigError(f"--polarity.url {url!r} must not have a query or fragment")
+        raise ConfigError(f"--polarity.url {redact_url(url)!r} must not have a query or "
+                          "fragment")
     return url.strip().rstrip("/")
+
+
+def redact_url(url: str) -> str:
+    """The URL with anything before an "@" in its authority replaced, for messages."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"[:200]
 
 
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")

@@ -19,9 +19,10 @@ from polarity_exporter import __version__
 from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector, ScrapeResult
 from polarity_exporter.config import Config, ConfigError
+from polarity_exporter.httpserver import BoundedServer
 from polarity_exporter.memory import release_free_memory
 from polarity_exporter.scrapecache import SharedScrape
-from polarity_exporter.web import ExporterApp, Landing, ThreadingServer, bind
+from polarity_exporter.web import ExporterApp, Landing, bind
 
 log = logging.getLogger("polarity_exporter")
 
@@ -30,7 +31,7 @@ log = logging.getLogger("polarity_exporter")
 class Exporter:
     """The exporter wired together and bound to its port; serve() starts answering."""
 
-    server: ThreadingServer
+    server: BoundedServer
     app: ExporterApp
     client: PolarityClient
     collector: PolarityCollector
@@ -41,20 +42,20 @@ class Exporter:
     def port(self) -> int:
         return int(self.server.server_port)
 
-    def serve(self, poll_interval: float = 0.5) -> threading.Thread:
-        # poll_interval bounds how long close() waits for the accept loop to notice.
-        thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True,
-                                  kwargs={"poll_interval": poll_interval})
+    def serve(self) -> threading.Thread:
+        thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
         thread.start()
         self.app.ready.set()
         return thread
 
-    def close(self) -> None:
-        """Stop accepting, finish scrapes in flight, log out of Polarity."""
-        self.server.shutdown()
-        self.server.server_close()  # waits for scrapes in flight
-        self.shared.close()
-        self.collector.close()
+    def close(self, grace: float = 10.0) -> None:
+        """Stop accepting, close idle connections, let scrapes in flight finish for up to
+        `grace` seconds, then log out of Polarity. Fetches still running are not waited for:
+        each ends at its own deadline, and the client refuses to log in again once closed."""
+        self.app.ready.clear()
+        self.server.shutdown(grace)
+        self.shared.close(wait=False)
+        self.collector.close(wait=False)
         self.client.close()
 
 
@@ -82,8 +83,8 @@ def build_exporter(config: Config) -> Exporter:
     try:
         server = bind(app, config.web.host, config.web.port, tls=tls)
     except OSError as exc:
-        shared.close()
-        collector.close()
+        shared.close(wait=False)
+        collector.close(wait=False)
         client.close()
         raise ConfigError(f"cannot listen on {config.web.host}:{config.web.port}: "
                           f"{exc.strerror or exc}") from None
@@ -113,4 +114,4 @@ def run(config: Config) -> None:
                                  "cache_ttl": config.cache_ttl})
     click.echo(f"polarity-exporter {__version__}: metrics at {url}")
     stop.wait()
-    exporter.close()
+    exporter.close(config.web.shutdown_timeout)

@@ -144,9 +144,10 @@ class SharedScrape:
         age.add_metric([], max(0.0, self._clock() - flight.finished))
         return [*flight.families, age]
 
-    def close(self) -> None:
-        """Wait for a fetch in flight (bounded by its deadline), then stop the fetch thread."""
-        self._runner.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the fetch thread; with `wait`, after a fetch in flight (bounded by its
+        deadline) ends."""
+        self._runner.shutdown(wait=wait, cancel_futures=True)
 
 
 def _mark_cached(families: list[Metric], ttl: float) -> None:

@@ -14,18 +14,17 @@ import gzip
 import html
 import logging
 import math
-import socket
 import ssl
-import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+
+from polarity_exporter.httpserver import BoundedServer, listen, one_line_error
 
 if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
     from polarity_exporter.webconfig import WebSecurity
@@ -40,8 +39,9 @@ TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 # still needs time to connect.
 MIN_TIMEOUT = 0.5
 PROBES = frozenset({"/-/healthy", "/-/ready"})
-# A client that opens a connection but never finishes the TLS handshake must not hold a thread.
-HANDSHAKE_TIMEOUT = 10.0
+# A failing request is logged at most once per this many seconds: a client can cause one at
+# will, and must not be able to flood the log.
+ERROR_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,9 @@ class ExporterApp:
         self._offset = timeout_offset
         self._landing = landing
         self.ready = threading.Event()
+        self._log_lock = threading.Lock()
+        self._next_error_log = 0.0
+        self._suppressed = 0
 
     def scrape_timeout(self, environ: dict[str, Any]) -> float:
         """Prometheus' scrape timeout less the offset, within [MIN_TIMEOUT, --polarity.timeout];
@@ -105,6 +108,24 @@ class ExporterApp:
         return min(self._default_timeout, max(MIN_TIMEOUT, value))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        try:
+            return self._handle(environ, start_response)
+        except Exception as exc:  # a bug must cost one request, not the exporter
+            self._log_failure(exc)
+            return _reply(start_response, "500 Internal Server Error", b"request failed\n")
+
+    def _log_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._log_lock:
+            if now < self._next_error_log:
+                self._suppressed += 1
+                return
+            self._next_error_log, suppressed, self._suppressed = \
+                now + ERROR_LOG_INTERVAL, self._suppressed, 0
+        log.error("request failed unexpectedly", extra={"err": one_line_error(exc),
+                                                        "suppressed": suppressed})
+
+    def _handle(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO") or "/"
         security = self._security
         if security is None:
@@ -141,12 +162,8 @@ class ExporterApp:
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        try:
-            families = list(self._scrape(self.scrape_timeout(environ)))
-            body = encoder(_Snapshot(families))
-        except Exception as exc:  # a bug must cost one scrape, not the exporter
-            log.error("scrape failed unexpectedly", extra={"err": f"{type(exc).__name__}: {exc}"})
-            return _reply(start_response, "500 Internal Server Error", b"scrape failed\n")
+        families = list(self._scrape(self.scrape_timeout(environ)))
+        body = encoder(_Snapshot(families))
         headers = [("Content-Type", content_type)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             body = gzip.compress(body, compresslevel=5)
@@ -185,98 +202,7 @@ def _reply(start_response: StartResponse, status: str, body: bytes,
     return [body]
 
 
-class _QuietHandler(WSGIRequestHandler):
-    # Headers and body are separate writes: without this, Nagle's algorithm holds the body
-    # until the scraper's delayed ACK arrives (up to 40 ms a scrape on Linux).
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http request", extra={"client": self.client_address[0],
-                                         "request": format % args})
-
-
-class ThreadingServer(ThreadingMixIn, WSGIServer):
-    """One thread per request; server_close() waits for requests in flight (clean shutdown).
-
-    With `tls` set, each connection's TLS handshake runs in its own thread, so a slow or
-    broken client cannot stall the accept loop.
-    """
-
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 drops connections when 20 clients (or an HA pair
-    # plus a few curls) arrive at once; they then wait a second for a TCP retransmit.
-    request_queue_size = 128
-    tls: ssl.SSLContext | None = None
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.tls is None:
-            super().finish_request(request, client_address)
-            return
-        secured = self._handshake(request, client_address)
-        if secured is not None:
-            with secured:
-                super().finish_request(secured, client_address)
-
-    def _handshake(self, sock: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
-        assert self.tls is not None
-        client = client_address[0]
-        try:
-            sock.settimeout(HANDSHAKE_TIMEOUT)
-            first = sock.recv(1, socket.MSG_PEEK)
-            if first and first != b"\x16":  # not a TLS handshake record: plain HTTP
-                # Go's servers answer the same way, which tells the operator what is wrong.
-                sock.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
-                             b"Connection: close\r\n\r\n"
-                             b"Client sent an HTTP request to an HTTPS server.\n")
-                log.debug("plain HTTP request on the TLS port", extra={"client": client})
-                return None
-            secured = self.tls.wrap_socket(sock, server_side=True)
-            secured.settimeout(None)
-            return secured
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            log.debug("TLS handshake failed", extra={"client": client,
-                                                     "err": one_line_error(exc)})
-            return None
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver would print a traceback to stderr; a client hanging up mid-response is
-        # routine for a server, so one debug line is enough.
-        exc = sys.exc_info()[1]
-        log.debug("http connection error", extra={"client": client_address[0],
-                                                  "err": one_line_error(exc)})
-
-
-class _ThreadingServerV6(ThreadingServer):
-    address_family = socket.AF_INET6
-
-    def server_bind(self) -> None:
-        # Like Go's ":port": one socket for IPv6 and IPv4 where the system allows it.
-        try:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        except OSError:
-            pass
-        super().server_bind()
-
-
-def one_line_error(exc: BaseException | None) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300] if exc else ""
-
-
-def bind(app: ExporterApp, host: str, port: int,
-         tls: ssl.SSLContext | None = None) -> ThreadingServer:
+def bind(app: ExporterApp, host: str, port: int, tls: ssl.SSLContext | None = None,
+         **limits: Any) -> BoundedServer:
     """Bind the listening socket; raises OSError with the system's reason."""
-    server = _bind(app, host, port)
-    server.tls = tls
-    return server
-
-
-def _bind(app: ExporterApp, host: str, port: int) -> ThreadingServer:
-    if host == "" and socket.has_ipv6:
-        try:
-            return make_server("::", port, app, _ThreadingServerV6, _QuietHandler)
-        except OSError:
-            pass  # no IPv6 on this host: fall back to IPv4 only
-    server_class = _ThreadingServerV6 if ":" in host else ThreadingServer
-    return make_server(host or "0.0.0.0", port, app, server_class, _QuietHandler)
+    return BoundedServer(app, listen(host, port), tls, **limits)

@@ -50,6 +50,7 @@ _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
 # Successful checks are remembered so that bcrypt (deliberately slow) runs once per credential,
 # not on every scrape; the key is a SHA-256 of the credential, never the credential itself.
 _CACHE_LIMIT = 1024
+BCRYPT_MAX_BYTES = 72
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,11 @@ class BasicAuth:
             if hashed is not None and key in self._ok:
                 return True
         # Unknown users are checked against a dummy hash, so timing does not reveal which
-        # usernames exist; bcrypt.checkpw compares in constant time.
-        valid = bcrypt.checkpw(password, hashed or self._dummy) and hashed is not None
+        # usernames exist; bcrypt.checkpw compares in constant time. bcrypt reads only the first
+        # 72 bytes of a password (bcrypt 5 raises on longer ones): compare those, as Go's
+        # exporter-toolkit does, so a long password works and never costs a 500.
+        valid = bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], hashed or self._dummy) \
+            and hashed is not None
         if valid:
             with self._lock:
                 if len(self._ok) >= _CACHE_LIMIT:

@@ -119,7 +119,7 @@ def running_exporter(url: str, credentials: Credentials, *, timeout: float = 3.0
         cache_ttl=cache_ttl,
     )
     exporter = build_exporter(config)
-    exporter.serve(poll_interval=0.02)
+    exporter.serve()
     running = Running(exporter, f"{exporter.scheme}://127.0.0.1:{exporter.port}", capture)
     try:
         yield running
