@@ -444,7 +444,7 @@ def test_image_config_is_the_dockerfiles(image: BuiltImage) -> None:
     env_items = image.config["Env"]
     assert isinstance(env_items, list)
     env = dict(str(item).split("=", 1) for item in env_items)
-    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert env["PATH"].startswith("/opt/venv/bin:"), env["PATH"]
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
 
 
