@@ -8,6 +8,9 @@
 # venv onto a clean slim Python, so no build tool, compiler or pip cache reaches the final image.
 # Both stages use the same base image so the venv's interpreter path (/usr/local/bin/python3.11)
 # exists in the runtime stage.
+# CI reaches no container registry, so tests/test_container.py builds this file with a stand-in
+# base made locally with mmdebstrap (Debian bookworm's python3) as --build-arg PYTHON_IMAGE; users
+# and the release workflow build on the default below.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

@@ -1,18 +1,27 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv on first use, so a
-# fresh clone needs nothing installed beforehand but python3 (with venv) and make.
+# fresh clone needs nothing installed beforehand but python3 (with venv) and make. `make demo`
+# installs only the runtime dependencies; `make test` adds the test extras (Helm SDK, linters, …).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint dashboards clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(PY)
+	$(PIP) -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/polarity-exporter --demo
 
 lint: $(STAMP)
