@@ -212,6 +212,8 @@ class Sizes:
     series_errors: int
     idle_scrapes: int
     repeat: int
+    cpu_sizes: tuple[tuple[int, int], tuple[int, int]] = ((40, 200), (200, 5000))
+    cpu_scrapes: int = 60
 
 
 FULL = Sizes(paging_integrations=5000, paging_page_size=100, paging_latency=0.05,
@@ -221,7 +223,7 @@ FULL = Sizes(paging_integrations=5000, paging_page_size=100, paging_latency=0.05
 SMOKE = Sizes(paging_integrations=200, paging_page_size=20, paging_latency=0.01,
               paging_errors=100, big_errors=2000, big_integrations=30,
               big_meta_bytes=500, series_integrations=300, series_errors=1000,
-              idle_scrapes=20, repeat=1)
+              idle_scrapes=20, repeat=1, cpu_sizes=((10, 50), (40, 400)), cpu_scrapes=3)
 
 
 def median_scrape(server: Server, repeat: int) -> Scrape:
@@ -325,6 +327,28 @@ def series(sizes: Sizes) -> list[Row]:
     ]
 
 
+def cpu_per_scrape(sizes: Sizes) -> list[Row]:
+    """CPU per scrape at the sizes most servers have, the exporter and the straightforward one
+    scraped alternately on one simulator (Prometheus' headers: gzip and a scrape timeout)."""
+    rows = []
+    for (n, m), target in zip(sizes.cpu_sizes, (0.6, 0.35), strict=True):
+        with simulator(n, m) as url, exporter(url) as ours, straightforward(url, 200) as base:
+            ours.scrape().check_complete()
+            base.scrape()
+            spent = {"ours": 0.0, "base": 0.0}
+            for _ in range(sizes.cpu_scrapes):
+                spent["ours"] += ours.scrape().cpu
+                spent["base"] += base.scrape().cpu
+        ours_ms = spent["ours"] / sizes.cpu_scrapes * 1000
+        base_ms = spent["base"] / sizes.cpu_scrapes * 1000
+        ratio = ours_ms / base_ms
+        rows.append(Row(f"{n} integrations, {m:,} error records, {sizes.cpu_scrapes} scrapes each",
+                        "CPU per scrape, alternating with the straightforward exporter",
+                        f"{ours_ms:.1f} ms", f"straightforward {base_ms:.1f} ms",
+                        f"{ratio:.2f}x", f"≤ {target}x straightforward", ratio <= target))
+    return rows
+
+
 def idle(sizes: Sizes) -> list[Row]:
     n = sizes.idle_scrapes
     checkpoint = min(100, n // 2)
@@ -346,7 +370,8 @@ def idle(sizes: Sizes) -> list[Row]:
 
 
 SCENARIOS: dict[str, Callable[[Sizes], list[Row]]] = {
-    "paging": paging, "big-errors": big_errors, "series": series, "idle": idle}
+    "paging": paging, "big-errors": big_errors, "series": series, "idle": idle,
+    "cpu": cpu_per_scrape}
 
 
 def markdown(rows: list[Row]) -> str:

@@ -17,6 +17,7 @@ the current token. So concurrent 401s cause one login, and nothing can re-enter 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from polarity_exporter.transport import HEAD_BYTES, BodyReader, Transport, check
 
 log = logging.getLogger(__name__)
 
+# RFC 6750's b64token, generously: printable ASCII without spaces.
+_TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")
 # After a failed refresh the current token is kept; the refresh is tried again after this long.
 REFRESH_RETRY_SECONDS = 30.0
 # A refresh may use at most this share of what is left of the scrape's deadline: the current
@@ -207,6 +210,10 @@ class Authenticator:
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise ProtocolError(f"{what}: response has no data.token")
+        if not _TOKEN.fullmatch(token):
+            # It would go into a header: http.client refuses line breaks and non-Latin-1. Never
+            # echoed: it is a secret.
+            raise ProtocolError(f"{what}: data.token has characters a bearer token cannot have")
         expires: Any = data.get("expiration_time") if isinstance(data, dict) else None
         valid = type(expires) in (int, float) and 0 < expires < 1e11  # Unix seconds, finite
         return token, float(expires) if valid else 0.0

@@ -47,11 +47,16 @@ log = logging.getLogger(__name__)
 
 # Paging guard: never fetch more pages than this, whatever total the server claims.
 MAX_PAGES = 1000
-# One page of integrations (200 by default, ~1 KB each plus their error references).
-MAX_PAGE_BYTES = 8 * 1024 * 1024
-# An errors body up to this size is decoded whole (fast); a larger one is streamed (bounded
-# memory). Decoded, a body of this size costs at most ~100 MB even when built to hurt.
+# One page of integrations (200 by default, ~1 KB each plus their error references). Decoded,
+# a body of this size costs at most ~90 MB even when built to hurt (`[],[],…`: 64 bytes of
+# Python objects for every 3 bytes of JSON); bodies are decoded one at a time.
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+# An errors body up to this size is decoded whole (fast); a larger one is streamed.
 WHOLE_ERRORS_BYTES = 4 * 1024 * 1024
+# Integrations kept from one listing, whatever the pages say: twice the largest server the
+# benchmark measures (an answer for 20,000 takes ~200 MB to encode). Past it the listing is
+# incomplete.
+MAX_INTEGRATIONS = 20_000
 # The errors body has no documented size limit; this only stops an endless one.
 MAX_ERRORS_BYTES = 4 * 1024**3
 MAX_RETRIES = 2
@@ -102,8 +107,9 @@ class PolarityClient:
         self.transport = Transport(config)
         self.auth = Authenticator(self.transport, config.credentials)
         self._pages = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="polarity-page")
-        # Pages are read concurrently but decoded one at a time: decoding is CPU-bound anyway
-        # (one GIL), and this bounds the memory of decoded pages to one page's.
+        # Bodies are read concurrently but decoded one at a time (pages, and the errors body
+        # when it is decoded whole): decoding is CPU-bound anyway (one GIL), and this bounds the
+        # memory of decoded bodies to one body's.
         self._decode_lock = threading.Lock()
 
     @property
@@ -231,10 +237,11 @@ class PolarityClient:
             per_page = first.size
         pages = max(1, math.ceil(total / per_page))
         listing: Listing[T] = Listing(items=[])
-        if pages > MAX_PAGES:
+        most = min(MAX_PAGES, max(1, math.ceil(MAX_INTEGRATIONS / per_page)))
+        if pages > most:
             listing.complete = False
-            listing.notes.append(f"total {total} needs {pages} pages; read only {MAX_PAGES}")
-            pages = MAX_PAGES
+            listing.notes.append(f"total {total} needs {pages} pages; read only {most}")
+            pages = most
         futures: list[Future[_Page[T]]] = [
             self._pages.submit(self._get_page, number, deadline, parse)
             for number in range(2, pages + 1)
@@ -259,11 +266,14 @@ class PolarityClient:
                                 repair_utf8=True, guard=guard)
             head, whole = reader.read_up_to(WHOLE_ERRORS_BYTES)
             if whole:
-                yield from _records(decode_json(head, ERRORS))
+                with self._decode_lock:  # one whole body decoded at a time, pages included
+                    records = _records(decode_json(head, ERRORS))
+                del head
+                yield from records
                 return
             reader.replay(head)
             del head
-            yield from _stream_records(reader)
+            yield from _stream_records(reader, guard)
 
 
 def _records(body: Any) -> list[Any]:
@@ -273,13 +283,14 @@ def _records(body: Any) -> list[Any]:
     return data
 
 
-def _stream_records(reader: BodyReader) -> Iterator[Any]:
+def _stream_records(reader: BodyReader, guard: StreamGuard) -> Iterator[Any]:
     count = 0
     try:
         # use_float=False: numbers ijson's C backend cannot hold as int or float (1e400,
         # 20-digit counts) arrive as Decimal and cost only their field.
         for item in ijson.items(reader, "data.item", use_float=False):
             count += 1
+            guard.record_done()
             yield item
     except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
         # UnicodeDecodeError: ijson's C backend cannot decode a key holding an escaped lone
@@ -309,6 +320,11 @@ def _merge_pages(results: list[_Page[T]], total: int, listing: Listing[T],
                 duplicates += 1
                 listed -= 1
                 continue
+            if len(listing.items) >= MAX_INTEGRATIONS:
+                listing.complete = False
+                listing.notes.append(f"more than {MAX_INTEGRATIONS} integrations; the rest "
+                                     "ignored")
+                return
             seen.add(ident)
             listing.items.append(record)
     if duplicates:

@@ -80,11 +80,21 @@ class CodeStats:
         self.add(None, other.last_seen)
 
 
+# What one scrape's error summary keeps, whatever the errors body holds: distinct integration
+# ids (ten times the largest listing), codes per integration (the most --collector.max-codes
+# allows), and (integration, user) pairs. Beyond them records are counted, not kept.
+MAX_SUMMARY_IDS = 100_000
+MAX_SUMMARY_CODES = 1000
+MAX_SUMMARY_USERS = 500_000
+LABEL_CACHE_SIZE = 10_000  # raw code -> label, kept for the scrape
+
+
 @dataclass(slots=True)
 class IntegrationErrors:
     records: int = 0
     codes: dict[str, CodeStats] = field(default_factory=dict)
     users: set[str] = field(default_factory=set)
+    codes_overflowed: bool = False  # codes past MAX_SUMMARY_CODES went straight to "other"
 
 
 class ErrorSummary:
@@ -95,9 +105,11 @@ class ErrorSummary:
     only in control characters, or after the length cut) are merged, never two series.
     """
 
-    def __init__(self, clean: LabelCleaner) -> None:
+    def __init__(self, clean: LabelCleaner, problems: Problems | None = None) -> None:
         self.clean = clean
+        self.problems: Problems = problems if problems is not None else Counter()
         self.integrations: dict[str, IntegrationErrors] = {}
+        self._users = 0  # distinct (integration, user) pairs kept
         # Raw id or code -> its label, for this scrape: both repeat across thousands of records.
         self._ids: dict[str, str] = {}
         self._labels: dict[str, str] = {}
@@ -106,6 +118,9 @@ class ErrorSummary:
         # Runs once per record: lookups are inlined and CodeStats.add is not called.
         label = self._ids.get(record.integration_id)
         if label is None:
+            if len(self._ids) >= MAX_SUMMARY_IDS:
+                self.problems["integration-id"] += 1  # beyond any real server: not kept
+                return
             label = self._ids[record.integration_id] = self.clean(record.integration_id)
         entry = self.integrations.get(label)
         if entry is None:
@@ -113,10 +128,16 @@ class ErrorSummary:
         entry.records += 1
         code = self._labels.get(record.code)
         if code is None:
-            code = self._labels[record.code] = self.clean(record.code)
+            code = self.clean(record.code)
+            if len(self._labels) < LABEL_CACHE_SIZE:
+                self._labels[record.code] = code
         stats = entry.codes.get(code)
         if stats is None:
-            stats = entry.codes[code] = CodeStats()
+            if len(entry.codes) >= MAX_SUMMARY_CODES:  # summed into "other" as they arrive
+                code, entry.codes_overflowed = OTHER_CODE, True
+                stats = entry.codes.get(OTHER_CODE)
+            if stats is None:
+                stats = entry.codes[code] = CodeStats()
         if record.count is not None:
             stats.occurrences += record.count
             stats.has_count = True
@@ -124,7 +145,12 @@ class ErrorSummary:
         if occurred_on is not None and (stats.last_seen is None or occurred_on > stats.last_seen):
             stats.last_seen = occurred_on
         if record.affected_users:
+            if self._users + len(record.affected_users) > MAX_SUMMARY_USERS:
+                self.problems["meta.affected_users"] += 1  # the count is a lower bound
+                return
+            before = len(entry.users)
             entry.users.update(record.affected_users)
+            self._users += len(entry.users) - before
 
 
 def capped_codes(codes: dict[str, CodeStats], limit: int) -> tuple[dict[str, CodeStats], int]:
@@ -158,7 +184,7 @@ def summarize_errors(items: Iterable[Any], clean: LabelCleaner,
     The hot loop of a scrape (one pass per record, hundreds of thousands of them): no logging
     here, unreadable fields are only counted in `problems` and logged once per scrape.
     """
-    summary = ErrorSummary(clean)
+    summary = ErrorSummary(clean, problems)
     add = summary.add
     for item in items:
         record = parse_error(item, problems)
@@ -285,9 +311,11 @@ class PolarityCollector(Collector):
     def _fetch_integrations(self, deadline: Deadline, result: ScrapeResult) -> None:
         problems = result.problems["integrations"]
 
+        max_text = self._config.max_label_length + 1  # the cleaner still sees it was cut
+
         def parse(items: list[Any]) -> list[Integration]:
             # Called for one page at a time (the client decodes pages one by one).
-            parsed = (parse_integration(item, problems) for item in items)
+            parsed = (parse_integration(item, problems, max_text) for item in items)
             return [integration for integration in parsed if integration is not None]
 
         listing = self._client.list_integrations(deadline, parse, _integration_id)
@@ -386,6 +414,7 @@ class _ErrorSamples:
         errors.samples.append(Sample(errors.name, by_id, float(entry.records)))
         users.samples.append(Sample(users.name, by_id, float(len(entry.users))))
         codes = entry.codes
+        self._folded += entry.codes_overflowed  # at least one more, summed as they arrived
         if len(codes) > self._max_codes:
             codes, folded = capped_codes(codes, self._max_codes)
             self._folded += folded
@@ -404,21 +433,28 @@ class _ErrorSamples:
         series, the ids with most records first; the rest fold into integration_id="other"."""
         orphans = [(label, entry) for label, entry in self._summary.integrations.items()
                    if label not in self._done]
-        kept = orphans
+        folded = 0
         if len(orphans) > self._max_orphans:
             orphans.sort(key=lambda item: (-item[1].records, item[0]))
-            kept = orphans[: self._max_orphans - 1]
-            rest = IntegrationErrors()
-            for _, entry in orphans[self._max_orphans - 1:]:
-                _merge_into(rest, entry)
-            if OTHER_ID not in self._done:  # a listed integration named "other" keeps its own
-                kept.append((OTHER_ID, rest))
-            _sample(self._families.orphans_folded, {},
-                    float(len(orphans) - (self._max_orphans - 1)))
-        else:
-            _sample(self._families.orphans_folded, {}, 0.0)
-        for label, entry in kept:
+            kept, rest = orphans[: self._max_orphans - 1], orphans[self._max_orphans - 1:]
+            # An orphan id that is literally "other" joins the folded ones: one series.
+            rest += [item for item in kept if item[0] == OTHER_ID]
+            kept = [item for item in kept if item[0] != OTHER_ID]
+            merged = IntegrationErrors()
+            for _, entry in rest:
+                _merge_into(merged, entry)
+            folded = len(rest) - any(label == OTHER_ID for label, _ in rest)
+            if OTHER_ID in self._done:
+                # A listed integration is named "other": its series are its own, so the folded
+                # orphans have no series of their own. Counted, and said once per scrape.
+                log.warning("orphan error ids not exported: a listed integration is named "
+                            f"{OTHER_ID!r}", extra={"ids": len(rest), "records": merged.records})
+            else:
+                kept.append((OTHER_ID, merged))
+            orphans = kept
+        for label, entry in orphans:
             self._add_entry(entry, {"integration_id": label})
+        _sample(self._families.orphans_folded, {}, float(folded))
         _sample(self._families.folded, {}, float(self._folded))
 
 

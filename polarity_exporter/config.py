@@ -105,6 +105,7 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}{authority}{slash}{path}"[:200]
 
 
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 
 
@@ -145,6 +146,13 @@ def choose_credentials(
         api_key = read_secret_file(api_key_file, "--polarity.api-key-file")
     if password_file:
         password = read_secret_file(password_file, "--polarity.password-file")
+    # Secrets made with `echo` into a file, an environment variable or a Kubernetes Secret end
+    # in a newline: never part of a key or password.
+    api_key = api_key.strip() if api_key else api_key
+    password = password.rstrip("\r\n") if password else password
+    if api_key and not _PRINTABLE.fullmatch(api_key):
+        raise ConfigError("the API key has characters an HTTP header cannot carry (spaces, "
+                          "control or non-ASCII characters)")
     has_key = bool(api_key)
     has_password = bool(username) or bool(password)
     if has_key and has_password:

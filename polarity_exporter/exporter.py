@@ -69,7 +69,7 @@ def build_exporter(config: Config) -> Exporter:
     collector = PolarityCollector(client, config.collector, polarity.timeout)
     process = ProcessCollector(registry=None)
     # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
-    shared = SharedScrape(collector.scrape, ttl=config.cache_ttl,
+    shared = SharedScrape(collector.scrape, ttl=config.cache_ttl, max_lifetime=polarity.timeout,
                           late=lambda timeout: collector.build(ScrapeResult(timeout=timeout)))
 
     def scrape(timeout: float) -> list[Metric]:
@@ -78,7 +78,8 @@ def build_exporter(config: Config) -> Exporter:
     app = ExporterApp(scrape, telemetry_path=config.web.telemetry_path,
                       default_timeout=polarity.timeout, timeout_offset=config.web.timeout_offset,
                       landing=Landing("Polarity Exporter", __version__, polarity.url),
-                      security=security, after_scrape=release_free_memory)
+                      security=security, after_scrape=release_free_memory,
+                      encoded=shared.encoded)
     tls = security.ssl_context() if security is not None else None
     try:
         server = bind(app, config.web.host, config.web.port, tls=tls)

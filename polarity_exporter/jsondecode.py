@@ -11,17 +11,15 @@ ValueError from int() at the web layer.
 - Depth: `json` parses recursively and stops with RecursionError (caught) near Python's recursion
   limit, about 1,000 levels, in linear time. ijson's C backend builds a prefix string per level
   and costs quadratic memory on deep input (50,000 levels: 6 GB), so streamed bodies pass through
-  `StreamGuard`, which refuses nesting beyond MAX_STREAM_DEPTH (and digit runs beyond
-  MAX_STREAM_DIGITS) before ijson sees it.
+  `StreamGuard`, which refuses deep nesting (and digit runs ijson cannot hold) before ijson sees
+  it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
-from itertools import accumulate
 from typing import Any, Final
 
 from polarity_exporter.errors import ProtocolError
@@ -44,13 +42,19 @@ class _OutOfRange:
 OUT_OF_RANGE: Final = _OutOfRange()
 # int64 has 19 digits.
 MAX_INT_DIGITS = 19
-# Streamed bodies: deeper than this is no error record Polarity writes.
-MAX_STREAM_DEPTH = 64
+# Streamed bodies: more opening brackets than this between two records (a bound of the
+# nesting) is no error record Polarity writes. ijson's memory grows with the square of the
+# nesting: at this bound, about 10 MB.
+MAX_STREAM_OPENERS = 2000
+# Streamed bodies: a record is built whole before the summary folds it; one this large is no
+# error record Polarity writes (they hold a stack trace at most).
+MAX_STREAM_RECORD_BYTES = 1024 * 1024
 # Streamed bodies: ijson's C backend fails with SystemError, or crashes the process, on an
-# integer of more than 4,300 digits; a digit run this long never reaches it. (An exponent too
-# large for Decimal raises decimal.InvalidOperation, which costs only the errors part.) Whole
+# integer of more than 4,300 digits; a digit run this long never reaches it (a sample every
+# kilobyte finds any run over 2,048 digits, then the chunk is searched whole). An exponent too
+# large for Decimal raises decimal.InvalidOperation, which costs only the errors part. Whole
 # bodies have no such limit: json is given the digits as text.
-MAX_STREAM_DIGITS = 1000
+MAX_STREAM_DIGITS = 4000
 
 
 def _int(text: str) -> Any:
@@ -83,85 +87,69 @@ def decode_json(body: bytes, what: str,
         raise ProtocolError(f"{what}: response is not valid JSON ({reason})") from None
 
 
-# What string-aware depth tracking needs of a chunk: quotes and brackets.
-_NOT_STRUCTURE: Final = bytes(b for b in range(256) if b not in b'"[]{}')
-_SKELETON_STRING: Final = re.compile(rb'"[^"]*"')
-_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP: Final = [0] * 256
-for _opener in b"[{":
-    _STEP[_opener] = 1
-for _closer in b"]}":
-    _STEP[_closer] = -1
 # Digits become "0", everything else a space: a long digit run is then one substring search.
 _DIGITS: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_DIGIT_CHARS: Final = b"0123456789"
 _LONG_RUN: Final = b"0" * MAX_STREAM_DIGITS
+# Bytes between two looks at a chunk for digits; a run of more than twice this many digits
+# covers two neighbouring looks.
+_DIGIT_SAMPLE_STEP: Final = 1024
 
 
 class StreamGuard:
-    """Watches the raw bytes of a streamed JSON body for input the streaming parser must not see.
+    """Watches the raw bytes of a streamed JSON body for input the streaming parser must not see,
+    at almost no cost (two counts and a sparse sample per chunk).
 
-    Works chunk by chunk at C speed (replace, translate, substring search): the escapes that
-    matter are dropped, the chunk is reduced to its quotes and brackets, string contents are cut
-    out of that skeleton, and what is left gives the nesting depth. Digit runs are checked on the
-    raw bytes (strings included: a string of a thousand digits is no error record either).
+    Depth: a structure can be no deeper than the number of `[` and `{` bytes it contains. ijson
+    parses each chunk it reads (at most STREAM_SLICE bytes, transport.py) whole before it yields
+    the records that ended in it, so after a record, what is unparsed lies within the last
+    chunk. The guard counts opening brackets and bytes since the last record that way, upper
+    bounds of the nesting and the record's size at any point, and refuses the body once one
+    passes its limit: no deep structure and no huge record reaches ijson, and an ordinary record
+    (a few dozen brackets, a few KB) is nowhere near them. Brackets inside strings count too, so
+    a record with thousands of them in its text is refused as well; no error record is like
+    that.
     """
 
     def __init__(self, what: str) -> None:
         self._what = what
-        self._depth = 0
-        self._in_string = False
-        self._escape = False  # the last chunk ended inside a string, right after a backslash
+        self._openers = 0  # opening brackets handed to the parser since the last record
+        self._bytes = 0  # bytes handed to the parser since the last record
+        self._last = (0, 0)  # the last chunk's opening brackets and bytes
+        self._record_seen = False
         self._digits = 0  # digits that ended the last chunk
+
+    def record_done(self) -> None:
+        """The parser yielded a record: nesting is back at the records' list."""
+        self._record_seen = True
 
     def check(self, data: bytes) -> None:
         if not data:
             return
+        openers, size = self._last
+        if self._record_seen:  # what follows the record lies within the last chunk
+            self._openers, self._bytes = openers, size
+        else:
+            self._openers, self._bytes = self._openers + openers, self._bytes + size
+        self._record_seen = False
+        self._last = (data.count(b"[") + data.count(b"{"), len(data))
+        if self._openers + self._last[0] > MAX_STREAM_OPENERS:
+            raise ProtocolError(f"{self._what}: JSON nested too deeply (more than "
+                                f"{MAX_STREAM_OPENERS} opening brackets in one record)")
+        if self._bytes + self._last[1] > MAX_STREAM_RECORD_BYTES:
+            raise ProtocolError(f"{self._what}: a record of more than "
+                                f"{MAX_STREAM_RECORD_BYTES} bytes")
         self._check_digits(data)
-        self._check_depth(self._brackets(data))
-
-    def _brackets(self, data: bytes) -> bytes:
-        """The brackets of `data` that stand outside strings, in order."""
-        if self._escape:
-            data, self._escape = data[1:], False
-        if b"\\" in data:
-            # Of JSON's escapes only \\ and \" can change what is string and what is not; \\ is
-            # dropped first, so that in \\" the quote still closes the string.
-            if b"\\\\" in data:
-                data = data.replace(b"\\\\", b"")
-            if b'\\"' in data:
-                data = data.replace(b'\\"', b"")
-            if data.endswith(b"\\"):  # a lone backslash ends the chunk: it escapes the next
-                data, self._escape = data[:-1], True
-        # Two adjacent quotes in the skeleton are an empty string or the gap between two
-        # strings with nothing outside them: dropping the pair keeps what stands outside
-        # strings, and the quotes' parity. It leaves few quotes for the regex below.
-        skeleton = data.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
-        if self._in_string:
-            close = skeleton.find(b'"')
-            if close < 0:
-                return b""
-            skeleton, self._in_string = skeleton[close + 1:], False
-        outside = _SKELETON_STRING.sub(b"", skeleton) if b'"' in skeleton else skeleton
-        quote = outside.find(b'"')
-        if quote >= 0:  # a string runs past the end of the chunk
-            outside, self._in_string = outside[:quote], True
-        return outside
-
-    def _check_depth(self, brackets: bytes) -> None:
-        opened = brackets.count(b"[") + brackets.count(b"{")
-        if self._depth + opened <= MAX_STREAM_DEPTH:
-            self._depth += opened - (len(brackets) - opened)
-            return
-        levels = list(accumulate(map(_STEP.__getitem__, brackets), initial=self._depth))
-        if max(levels) > MAX_STREAM_DEPTH:
-            raise ProtocolError(f"{self._what}: JSON nested deeper than {MAX_STREAM_DEPTH} "
-                                "levels")
-        self._depth = levels[-1]
 
     def _check_digits(self, data: bytes) -> None:
-        mapped = data.translate(_DIGITS)
-        head = len(mapped) - len(mapped.lstrip(b"0"))
-        if self._digits + head >= MAX_STREAM_DIGITS or _LONG_RUN in mapped:
-            raise ProtocolError(f"{self._what}: a run of more than {MAX_STREAM_DIGITS} digits")
-        tail = len(mapped) - len(mapped.rstrip(b"0"))
-        self._digits = self._digits + tail if tail == len(mapped) else tail
+        head = len(data) - len(data.lstrip(_DIGIT_CHARS))
+        run = self._digits + head
+        if head == len(data):
+            self._digits = run
+        else:
+            if b"00" in data[::_DIGIT_SAMPLE_STEP].translate(_DIGITS) \
+                    and _LONG_RUN in data.translate(_DIGITS):
+                run = MAX_STREAM_DIGITS
+            self._digits = len(data) - len(data.rstrip(_DIGIT_CHARS))
+        if run >= MAX_STREAM_DIGITS:
+            raise ProtocolError(f"{self._what}: a run of {MAX_STREAM_DIGITS} digits or more")

@@ -44,6 +44,9 @@ class ErrorRecord:
 # Longest text kept from a field: one more than the longest label value allowed, so the label
 # cleaner still sees that it was cut. A 40 MB name costs 4 KB past the parser.
 MAX_TEXT = 4097
+# Ids are cut to this many characters (Polarity's are about 40): two that agree this far are
+# one id.
+MAX_ID = 256
 # Ids and statuses that are numbers: anything beyond int64 is not an id.
 _MAX_INT = 2**63
 
@@ -82,7 +85,8 @@ def _attributes(item: dict[str, Any]) -> dict[str, Any]:
     return attrs if isinstance(attrs, dict) else {}
 
 
-def parse_integration(item: Any, problems: Problems) -> Integration | None:
+def parse_integration(item: Any, problems: Problems,
+                      max_text: int = MAX_TEXT) -> Integration | None:
     """One item of GET /api/integrations; None (and a counted problem) if it has no usable id."""
     if not isinstance(item, dict):
         problems["integration"] += 1
@@ -95,12 +99,13 @@ def parse_integration(item: Any, problems: Problems) -> Integration | None:
     status = _as_text(attrs.get("status"))
     if status is None:
         problems["status"] += 1
+    # Records outlive their page until the scrape is built: keep no more text than a label.
     return Integration(
-        id=integration_id,
-        name=_text_field(attrs, "name", problems),
-        acronym=_text_field(attrs, "acronym", problems),
-        version=_text_field(attrs, "version", problems),
-        status=status or "",
+        id=integration_id[:MAX_ID],
+        name=_text_field(attrs, "name", problems)[:max_text],
+        acronym=_text_field(attrs, "acronym", problems)[:max_text],
+        version=_text_field(attrs, "version", problems)[:max_text],
+        status=(status or "")[:max_text],
         error_refs=_error_refs(item, problems),
     )
 
@@ -148,6 +153,8 @@ def parse_error(item: Any, problems: Problems) -> ErrorRecord | None:
         if integration_id is None:
             problems["integration-id"] += 1
             return None
+    if len(integration_id) > MAX_ID:
+        integration_id = integration_id[:MAX_ID]
     code = attrs.get("code")
     if type(code) is not str:
         code = _as_text(code)

@@ -50,8 +50,12 @@ ENCODE_RESERVE_FRACTION = 0.2
 ENCODE_RESERVE_MAX = 1.0
 
 
-def encode_reserve(timeout: float) -> float:
-    return min(ENCODE_RESERVE_MAX, ENCODE_RESERVE_FRACTION * timeout)
+def encode_reserve(timeout: float, last_encode: float = 0.0) -> float:
+    """Time kept to build and send the answer: a fifth of the deadline (at most 1 s), or more
+    when recent answers took longer to encode (tens of thousands of integrations), but never
+    more than half the deadline."""
+    usual = min(ENCODE_RESERVE_MAX, ENCODE_RESERVE_FRACTION * timeout)
+    return min(timeout / 2, max(usual, 1.5 * last_encode))
 
 
 class SharedScrapeFailed(RuntimeError):
@@ -62,6 +66,7 @@ class SharedScrapeFailed(RuntimeError):
 class _Flight:
     deadline: Deadline  # for the fetch: the latest waiter's deadline less its reserve
     answer: Deadline  # the latest waiter's own deadline
+    started: float = 0.0  # monotonic
     done: threading.Event = field(default_factory=threading.Event)
     families: list[Metric] | None = None
     reusable: bool = False
@@ -73,8 +78,13 @@ class SharedScrape:
     """Callable with a timeout in seconds -> the families to answer with."""
 
     def __init__(self, fetch: Fetch, late: Late, ttl: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_lifetime: float = 3600.0) -> None:
         self._fetch = fetch
+        # A fetch is extended by the scrapes that join it, but never past this many seconds from
+        # its start: else overlapping scrapes (an HA pair) would keep one stalled request alive
+        # forever, and every scrape would answer polarity_up 0.
+        self._max_lifetime = max_lifetime
         self._late = late
         self._ttl = ttl
         self._clock = clock
@@ -82,11 +92,17 @@ class SharedScrape:
         self._flight: _Flight | None = None
         self._last: _Flight | None = None
         self._runner = ThreadPoolExecutor(1, thread_name_prefix="polarity-fetch")
+        self._last_encode = 0.0  # seconds the slowest of the recent answers took to encode
+
+    def encoded(self, seconds: float) -> None:
+        """How long an answer took to encode after its families were ready (web layer)."""
+        # The slowest recent answer counts at once; a faster one lowers the estimate slowly.
+        self._last_encode = max(seconds, 0.8 * self._last_encode)
 
     def __call__(self, timeout: float) -> list[Metric]:
         # The fetch stops talking to Polarity a full reserve before this request's deadline;
         # the request waits half of it more, for the fetch thread to build the families.
-        reserve = encode_reserve(timeout)
+        reserve = encode_reserve(timeout, self._last_encode)
         answer_by = self._clock() + timeout
         fetch_by, wait_until = answer_by - reserve, answer_by - reserve / 2
         with self._lock:
@@ -96,11 +112,13 @@ class SharedScrape:
             flight = self._flight
             if flight is None:
                 flight = self._flight = _Flight(Deadline(timeout - reserve, self._clock),
-                                                Deadline(timeout, self._clock))
+                                                Deadline(timeout, self._clock),
+                                                started=self._clock())
                 self._runner.submit(self._run, flight)
             else:
-                flight.deadline.extend_to(fetch_by)
-                flight.answer.extend_to(answer_by)
+                latest = flight.started + self._max_lifetime
+                flight.deadline.extend_to(min(fetch_by, latest - reserve))
+                flight.answer.extend_to(min(answer_by, latest))
         if not flight.done.wait(max(0.0, wait_until - self._clock())):
             log.warning("scrape deadline passed before the Polarity fetch finished; it goes on "
                         "for scrapes with later deadlines", extra={"timeout": f"{timeout:.2f}s"})

@@ -46,6 +46,8 @@ ERROR_BODY_BYTES = 4096
 # How much of a streamed body is kept to explain a malformed one.
 HEAD_BYTES = 64 * 1024
 READ_BYTES = 64 * 1024
+# What a streaming parser behind a StreamGuard is given at once.
+STREAM_SLICE = 8 * 1024
 # Retry-After beyond this is clamped: a server asking for hours (or `inf`) must not stop the
 # exporter from ever asking again.
 MAX_RETRY_AFTER = 600.0
@@ -156,6 +158,7 @@ class BodyReader:
         # such bytes with U+FFFD keeps every other record (whole-body callers decode themselves).
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace") if repair_utf8 else None
         self._guard = guard
+        self._slice = STREAM_SLICE if guard is not None else READ_BYTES
         self._replay = memoryview(b"")
         self.total = 0
         self.head = bytearray()
@@ -163,12 +166,12 @@ class BodyReader:
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # ijson probes the stream's type with read(0)
             return b""
-        if self._replay:
-            # Handed out in slices, as a socket would: the guard and parser see bounded chunks.
-            step = size if size > 0 else READ_BYTES
-            chunk, self._replay = bytes(self._replay[:step]), self._replay[step:]
-        else:
-            chunk = self._read_raw(size if size > 0 else READ_BYTES)
+        if not self._replay:
+            self._replay = memoryview(self._read_raw(READ_BYTES))
+        # Handed out in slices: the guard's bound on nesting depends on what the parser is
+        # given at once (see StreamGuard).
+        step = min(size if size > 0 else READ_BYTES, self._slice)
+        chunk, self._replay = bytes(self._replay[:step]), self._replay[step:]
         if self._guard is not None:
             self._guard.check(chunk)
         return chunk
@@ -392,6 +395,11 @@ class Transport:
             deadline.check(what, f"no answer from {self.base_url}")
             raise PolarityError(f"{what}: cannot reach {self.base_url}: "
                                 f"{describe_exception(exc)}") from None
+        except (ValueError, UnicodeError) as exc:
+            # http.client refusing a header value: its message quotes the header, which may be
+            # the credential, so only the kind of error is named.
+            raise PolarityError(f"{what}: the request could not be sent "
+                                f"({type(exc).__name__} while building it)") from None
 
     def rate_limited(self, response: requests.Response, what: str) -> float | None:
         """Record a 429's Retry-After for every later request; returns the wait, if any."""

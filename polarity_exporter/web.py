@@ -79,8 +79,10 @@ class ExporterApp:
     def __init__(self, scrape: Scrape, *, telemetry_path: str, default_timeout: float,
                  timeout_offset: float, landing: Landing,
                  security: WebSecurity | None = None,
-                 after_scrape: Callable[[], None] | None = None) -> None:
+                 after_scrape: Callable[[], None] | None = None,
+                 encoded: Callable[[float], None] | None = None) -> None:
         self._scrape = scrape
+        self._encoded = encoded  # told how long each answer took to encode
         self._after_scrape = after_scrape
         self._security = security
         self._path = telemetry_path
@@ -163,12 +165,15 @@ class ExporterApp:
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         families = list(self._scrape(self.scrape_timeout(environ)))
+        started = time.monotonic()
         body = encoder(_Snapshot(families))
         headers = [("Content-Type", content_type)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             body = gzip.compress(body, compresslevel=5)
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept, Accept-Encoding"))
+        if self._encoded is not None:
+            self._encoded(time.monotonic() - started)
         reply = _reply(start_response, "200 OK", body, extra=headers)
         if self._after_scrape is None:
             return reply

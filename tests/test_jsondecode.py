@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,28 +11,14 @@ from hypothesis import strategies as st
 
 from polarity_exporter.errors import ProtocolError
 from polarity_exporter.jsondecode import (
-    MAX_STREAM_DEPTH,
     MAX_STREAM_DIGITS,
+    MAX_STREAM_OPENERS,
+    MAX_STREAM_RECORD_BYTES,
     OUT_OF_RANGE,
     StreamGuard,
     decode_json,
 )
-
-# Strings full of what a naive scanner would take for structure.
-tricky_text = st.text(alphabet='[]{}"\\,:ab\n', max_size=12)
-values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | tricky_text,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(tricky_text, children, max_size=4),
-    max_leaves=40)
-
-
-def depth(value: Any) -> int:
-    if isinstance(value, list):
-        return 1 + max((depth(v) for v in value), default=0)
-    if isinstance(value, dict):
-        return 1 + max((depth(v) for v in value.values()), default=0)
-    return 0
+from polarity_exporter.transport import STREAM_SLICE
 
 
 def feed(guard: StreamGuard, raw: bytes, cuts: list[int]) -> None:
@@ -42,19 +27,32 @@ def feed(guard: StreamGuard, raw: bytes, cuts: list[int]) -> None:
         guard.check(raw[start:end])
 
 
-@settings(max_examples=300, deadline=None)
-@given(values, st.integers(0, 80), st.lists(st.integers(0, 10**6), max_size=8))
-def test_the_guard_measures_depth_outside_strings_across_any_chunking(
-        value: Any, wrap: int, cuts: list[int]) -> None:
-    raw = ("[" * wrap + json.dumps(value) + "]" * wrap).encode()
+@settings(max_examples=200, deadline=None)
+@given(st.integers(MAX_STREAM_OPENERS + 1, 3 * MAX_STREAM_OPENERS),
+       st.lists(st.integers(0, 10**6), max_size=8))
+def test_the_guard_refuses_deep_nesting_however_it_is_chunked(levels: int,
+                                                              cuts: list[int]) -> None:
+    raw = b'{"data":[' + b'{"a":[' * (levels // 2) + b"1" + b"]}" * (levels // 2) + b"]}"
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        feed(StreamGuard("body"), raw, cuts)
+
+
+def test_the_guard_lets_a_long_stream_of_ordinary_records_through() -> None:
+    record = json.dumps({"id": "e", "attributes": {"code": "[x]{y}", "meta": {
+        "affected_users": [{"id": "1"}], "stack": "at f [as g] {h}"}}}).encode()
     guard = StreamGuard("body")
-    expected = wrap + depth(value)
-    if expected > MAX_STREAM_DEPTH:
-        with pytest.raises(ProtocolError, match="nested deeper"):
-            feed(guard, raw, cuts)
-    else:
-        feed(guard, raw, cuts)
-        assert guard._depth == 0 and not guard._in_string
+    body = b'{"data":[' + b",".join([record] * 20_000) + b"]}"
+    for start in range(0, len(body), STREAM_SLICE):
+        guard.check(body[start:start + STREAM_SLICE])
+        guard.record_done()  # as ijson yields records from every slice
+
+
+def test_the_guard_refuses_a_record_larger_than_its_bound() -> None:
+    guard = StreamGuard("body")
+    guard.check(b'{"data":[{"meta":"')
+    with pytest.raises(ProtocolError, match="a record of more than"):
+        for _ in range(MAX_STREAM_RECORD_BYTES // STREAM_SLICE + 2):
+            guard.check(b"x" * STREAM_SLICE)
 
 
 def test_the_guard_refuses_a_long_digit_run_split_across_chunks() -> None:
@@ -64,8 +62,16 @@ def test_the_guard_refuses_a_long_digit_run_split_across_chunks() -> None:
         guard.check(b"9" * 20 + b"}")
 
 
+@pytest.mark.parametrize("offset", [0, 1, 700, 1023])
+def test_the_guard_finds_a_long_digit_run_inside_a_chunk(offset: int) -> None:
+    with pytest.raises(ProtocolError, match="digits"):
+        StreamGuard("body").check(b" " * offset + b"7" * MAX_STREAM_DIGITS + b" " * 5000)
+
+
 def test_the_guard_lets_ordinary_numbers_through() -> None:
-    StreamGuard("body").check(b'{"a":[1e400, 99999999999999999999, -0.5, 12345]}')
+    guard = StreamGuard("body")
+    guard.check(b'{"a":[1e400, 99999999999999999999, -0.5, 12345, ' +
+                b"1" * (MAX_STREAM_DIGITS - 1) + b"]}")
 
 
 @pytest.mark.parametrize("text", ["99999999999999999999", "1e400", "-Infinity", "NaN",

@@ -139,7 +139,7 @@ def test_4_deep_nesting_in_a_streamed_errors_body_fails_only_that_part(
     grown = growth_mib(lambda: result.append(exp.scrape(timeout=5)))
     assert result[0].up == 1 and result[0].success("errors") == 0
     assert grown < 100
-    assert exp.logs.matching("cannot read integration errors", "nested deeper than")
+    assert exp.logs.matching("cannot read integration errors", "nested too deeply")
 
 
 @pytest.mark.parametrize("path", [F.LOGIN, F.INTEGRATIONS])
@@ -299,3 +299,76 @@ def test_10_the_answer_leaves_before_the_scrape_deadline(sim: Simulator, exp: Ru
         thread.join()
     assert len(answered) == 3
     assert max(answered) < 1.5  # the deadline the exporter had: 2 s less the 0.5 s offset
+
+
+# Found by attacking the changes above ------------------------------------------------------------
+
+@pytest.mark.parametrize("token", ["abc\ndef", "tok\u00e9n", "two words"])
+def test_a_token_no_header_can_carry_is_refused_not_sent(sim: Simulator, exp: Running,
+                                                         token: str) -> None:
+    def bad(_request: Request, response: Response) -> Response:
+        document = json.loads(b"".join(response.chunks))
+        document["data"]["token"] = token
+        return Response(200, [json.dumps(document).encode()], JSONAPI)
+
+    sim.faults = lambda r, resp: bad(r, resp) if F.on(F.LOGIN)(r) else resp
+    scrape = exp.scrape()
+    assert scrape.up == 0
+    assert exp.logs.matching("cannot authenticate", "characters a bearer token cannot have")
+    assert token not in exp.logs.text()
+    sim.faults = None
+    assert exp.scrape().up == 1  # the next login brings a usable token
+
+
+def test_overlapping_scrapes_cannot_keep_a_stalled_request_alive() -> None:
+    config = SimulatorConfig(users={SIM_USER: SIM_PASSWORD})
+    with Simulator(config) as sim, running_exporter(sim.url, CREDS, timeout=2.0) as exp:
+        sim.faults = F.first(1, F.trickle(0.5, F.on(F.ERRORS)), F.on(F.ERRORS))
+        results: list[Any] = []
+        threads = []
+        for _ in range(6):  # a scrape every 0.6 s, each with the full 2 s deadline
+            thread = threading.Thread(target=lambda: results.append(exp.scrape(timeout=2.5)))
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.6)  # the scrapers' own pace, as an HA pair's interval
+        for thread in threads:
+            thread.join()
+        # The stalled request dies with its fetch, at most --polarity.timeout after it began;
+        # the scrapes after that fetch afresh.
+        assert sim.counts[("GET", F.ERRORS)] >= 2
+        assert exp.scrape(timeout=2.5).success("errors") == 1
+
+
+def test_an_orphan_id_named_other_makes_no_duplicate_series(sim: Simulator) -> None:
+    def orphans(_request: Request, response: Response) -> Response:
+        ids = ["other"] * 5 + [f"gone_{i}" for i in range(150)]
+        records = [{"id": f"e{n}", "attributes": {"integration-id": i, "code": "E",
+                                                  "error-count": 1}} for n, i in enumerate(ids)]
+        return Response(200, [json.dumps({"data": records}).encode()], JSONAPI)
+
+    sim.faults = lambda r, resp: orphans(r, resp) if F.on(F.ERRORS)(r) else resp
+    with running_exporter(sim.url, CREDS) as exp:
+        scrape = exp.scrape()
+    other = [v for k, v in scrape.series("polarity_integration_errors").items()
+             if dict(k)["integration_id"] == "other"]
+    assert len(other) == 1
+    assert sum(scrape.series("polarity_integration_errors").values()) == 155
+
+
+@pytest.mark.parametrize("shape", ["one-huge-record", "distinct-codes", "distinct-orphans"])
+def test_a_streamed_errors_body_cannot_grow_memory_without_bound(sim: Simulator, exp: Running,
+                                                                 shape: str) -> None:
+    def body() -> bytes:
+        if shape == "one-huge-record":
+            return b'{"data":[{"attributes":{"meta":[' + b"[]," * 3_000_000 + b"[]]}}]}"
+        key = "code" if shape == "distinct-codes" else "integration-id"
+        records = (json.dumps({"attributes": {"integration-id": "x", "code": "c",
+                                              key: f"v{i}", "error-count": 1}})
+                   for i in range(300_000))
+        return b'{"data":[' + ",".join(records).encode() + b"]}"
+
+    sim.faults = F.body(body(), F.on(F.ERRORS))
+    result: list[Any] = []
+    grown = growth_mib(lambda: result.append(exp.scrape(timeout=10)))
+    assert result[0].response.status_code == 200 and result[0].up == 1
+    assert grown < 150
