@@ -66,13 +66,14 @@ def _as_text(value: Any) -> str | None:
         return value[:MAX_TEXT]
     if type(value) is int:
         return str(value) if -_MAX_INT < value < _MAX_INT else None
-    if isinstance(value, float | Decimal) and _finite(value):
-        # `status` arrives as a number from some integrations; keep its usual spelling. The
-        # range check comes first: int() of Decimal("1e999999999") would not finish.
-        number: float | Decimal = value
-        if -_MAX_INT < number < _MAX_INT and number == int(number):
-            return str(int(number))
-        return str(number)[:MAX_TEXT]
+    if type(value) is float and math.isfinite(value):
+        # `status` arrives as a number from some integrations; keep its usual spelling.
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, Decimal) and value.is_finite():
+        # The range check comes first: int() of Decimal("1e999999999") would not finish.
+        if -_MAX_INT < value < _MAX_INT and value == int(value):
+            return str(int(value))
+        return str(value)[:MAX_TEXT]
     return None
 
 

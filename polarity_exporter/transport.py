@@ -346,6 +346,12 @@ class Transport:
         self._session = requests.Session()
         self._session.headers.update({"Content-Type": JSONAPI, "Accept": JSONAPI,
                                       "User-Agent": "polarity-exporter"})
+        # The environment's proxy settings (HTTPS_PROXY, NO_PROXY, …) are read once, for this
+        # one server: with trust_env, requests reads and parses the environment again on every
+        # request (hundreds of lookups each). trust_env also brought ~/.netrc and
+        # REQUESTS_CA_BUNDLE, which must not apply here anyway.
+        self._session.proxies = requests.utils.get_environ_proxies(config.url)
+        self._session.trust_env = False
         # Passed on every request, not set on the session: requests lets REQUESTS_CA_BUNDLE or
         # CURL_CA_BUNDLE in the environment override a session's verify, which would silently
         # replace --polarity.ca-file and re-enable verification under --insecure-skip-verify.
