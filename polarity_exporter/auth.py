@@ -35,7 +35,7 @@ from polarity_exporter.errors import (
     RateLimitedError,
 )
 from polarity_exporter.jsondecode import decode_json
-from polarity_exporter.transport import HEAD_BYTES, BodyReader, Transport, check_json
+from polarity_exporter.transport import TOKEN_BODY_BYTES, BodyReader, Transport, check_json
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class Authenticator:
     def _read_token(self, response: requests.Response, deadline: Deadline,
                     what: str) -> tuple[str, float]:
         check_json(response, what)
-        body = decode_json(BodyReader(response, deadline, what, limit=HEAD_BYTES).read_all(),
+        body = decode_json(BodyReader(response, deadline, what, limit=TOKEN_BODY_BYTES).read_all(),
                            what)
         data = body.get("data") if isinstance(body, dict) else None
         token = data.get("token") if isinstance(data, dict) else None

@@ -61,7 +61,7 @@ class _NotSimple(Exception):
     """A family this encoder leaves to prometheus_client."""
 
 
-def _samples(family: Any) -> list[str]:
+def _samples(family: Any, rendered: dict[int, str]) -> list[str]:
     """The family's sample lines, in one pass; _NotSimple for a family outside the simple shape
     (the check costs nothing extra: it is made on the fields being read anyway)."""
     if family.type not in _SIMPLE_TYPES or not _LEGACY_NAME.fullmatch(family.name):
@@ -69,7 +69,6 @@ def _samples(family: Any) -> list[str]:
     first, second = (family.name, family.name + "_total") if family.type == "counter" \
         else (family.name, family.name)
     lines: list[str] = []
-    rendered: dict[int, str] = {}  # id(labels dict) -> "{…}", for labels shared by samples
     for name, labels, value, timestamp, exemplar, native in family.samples:
         if (name != first and name != second) or timestamp is not None \
                 or exemplar is not None or native is not None:
@@ -109,9 +108,12 @@ def _labels(labels: dict[str, str]) -> str:
 def encode_text(families: Iterable[Any]) -> bytes:
     """The Prometheus text format 0.0.4."""
     out: list[str] = []
+    # id(labels dict) -> "{…}": the collector shares one label dict between the samples of an
+    # integration (or an integration and code) across families. They are alive until the end.
+    rendered: dict[int, str] = {}
     for family in families:
         try:
-            samples = _samples(family)
+            samples = _samples(family, rendered)
         except _NotSimple:
             out.append(client_text(_One(family)).decode("utf-8"))
             continue
@@ -126,9 +128,10 @@ def encode_text(families: Iterable[Any]) -> bytes:
 def encode_openmetrics(families: Iterable[Any]) -> bytes:
     """OpenMetrics 1.0."""
     out: list[str] = []
+    rendered: dict[int, str] = {}  # as in encode_text
     for family in families:
         try:
-            samples = _samples(family)
+            samples = _samples(family, rendered)
         except _NotSimple:
             # prometheus_client ends each document with "# EOF": keep one, at the end.
             whole: bytes = client_openmetrics(_One(family))  # type: ignore[no-untyped-call]

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 JSONAPI = "application/vnd.api+json"
 # An error body is read only for its `detail`: a few KB hold it; the rest is never read.
 ERROR_BODY_BYTES = 4096
-# How much of a streamed body is kept to explain a malformed one.
-HEAD_BYTES = 64 * 1024
+# A login or refresh answer holds a token and little else.
+TOKEN_BODY_BYTES = 64 * 1024
 READ_BYTES = 64 * 1024
 # What a streaming parser behind a StreamGuard is given at once.
 STREAM_SLICE = 8 * 1024
@@ -155,13 +155,13 @@ class BodyReader:
         self._what = what
         self._limit = limit
         # The streaming JSON parser rejects a whole body for one invalid UTF-8 byte; replacing
-        # such bytes with U+FFFD keeps every other record (whole-body callers decode themselves).
+        # such bytes with U+FFFD keeps every other record. Done in read(), what the streaming
+        # parser calls: bodies read whole (read_up_to) are decoded by their callers.
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace") if repair_utf8 else None
         self._guard = guard
         self._slice = STREAM_SLICE if guard is not None else READ_BYTES
         self._replay = memoryview(b"")
         self.total = 0
-        self.head = bytearray()
 
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # ijson probes the stream's type with read(0)
@@ -172,6 +172,8 @@ class BodyReader:
         # given at once (see StreamGuard).
         step = min(size if size > 0 else READ_BYTES, self._slice)
         chunk, self._replay = bytes(self._replay[:step]), self._replay[step:]
+        if self._utf8 is not None:
+            chunk = self._repair(chunk, self._utf8)
         if self._guard is not None:
             self._guard.check(chunk)
         return chunk
@@ -190,10 +192,6 @@ class BodyReader:
         self.total += len(chunk)
         if self.total > self._limit:
             raise ProtocolError(f"{self._what}: response larger than {self._limit} bytes")
-        if len(self.head) < HEAD_BYTES:
-            self.head += chunk[: HEAD_BYTES - len(self.head)]
-        if self._utf8 is not None:
-            chunk = self._repair(chunk, self._utf8)
         return chunk
 
     @staticmethod
