@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,10 +48,12 @@ log = logging.getLogger(__name__)
 
 # Paging guard: never fetch more pages than this, whatever total the server claims.
 MAX_PAGES = 1000
-# One page of integrations (200 by default, ~1 KB each plus their error references). Decoded,
-# a body of this size costs at most ~90 MB even when built to hurt (`[],[],…`: 64 bytes of
-# Python objects for every 3 bytes of JSON); bodies are decoded one at a time.
-MAX_PAGE_BYTES = 4 * 1024 * 1024
+# One page of integrations (200 by default, ~1 KB each plus their error references: ~80 bytes
+# for each error record, 5 MiB for a page of a server with 100,000 of them). The references
+# are counted, not decoded (_count_refs), and a body too dense to decode safely is refused
+# (jsondecode.py), so a page this large decodes to at most ~80 MB; bodies are decoded one at a
+# time.
+MAX_PAGE_BYTES = 16 * 1024 * 1024
 # An errors body up to this size is decoded whole (fast); a larger one is streamed.
 WHOLE_ERRORS_BYTES = 6 * 1024 * 1024
 # Integrations kept from one listing, whatever the pages say: twice the largest server the
@@ -80,6 +83,21 @@ class _Page(Generic[T]):
     records: list[T]
     total: int
     size: int  # items on the page, parseable or not
+
+
+# relationships.integration-errors.data: a list of {"id", "type"} references, one for each
+# error record, of which the exporter reads only the length. Matched only when it holds no
+# bracket; anything else is decoded as it is.
+_REFS = re.compile(rb'("integration-errors"\s*:\s*\{\s*"data"\s*:\s*)\[([^\[\]]*)\]')
+
+
+def _count_refs(raw: bytes) -> bytes:
+    """The page with each list of error references replaced by as many zeros: the same
+    length, without a dict and two strings for each of up to 100,000 references."""
+    def zeros(match: re.Match[bytes]) -> bytes:
+        refs = match.group(2).count(b"{")
+        return match.group(1) + b"[" + b",".join([b"0"] * refs) + b"]"
+    return _REFS.sub(zeros, raw) if b'"integration-errors"' in raw else raw
 
 
 class PolarityClient:
@@ -194,7 +212,7 @@ class PolarityClient:
             check_json(response, what)
             raw = BodyReader(response, deadline, what, limit=MAX_PAGE_BYTES).read_all()
         with self._decode_lock:
-            body = decode_json(raw, what)
+            body = decode_json(_count_refs(raw), what)
             del raw
             data = body.get("data") if isinstance(body, dict) else None
             if not isinstance(data, list):

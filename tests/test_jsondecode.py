@@ -87,4 +87,9 @@ def test_whole_bodies_never_hand_on_an_integer_no_field_can_hold(text: str) -> N
 
 def test_whole_bodies_nested_too_deeply_fail_cleanly() -> None:
     with pytest.raises(ProtocolError, match="nested too deeply"):
-        decode_json(b"[" * 100_000 + b"]" * 100_000, "body")
+        decode_json((b"[" + b" " * 40) * 100_000 + b"]" * 100_000, "body")
+
+
+def test_whole_bodies_too_dense_to_decode_safely_fail_cleanly() -> None:
+    with pytest.raises(ProtocolError, match="too dense"):
+        decode_json(b"[" + b"[]," * 1_000_000 + b"[]]", "body")
