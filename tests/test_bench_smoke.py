@@ -44,6 +44,9 @@ def test_every_target_has_a_measured_row(bench: tuple[str, list[dict[str, Any]]]
         assert isinstance(measured[measure]["met"], bool)
     assert any(row["measure"].startswith("RSS after") and row["target"] == "within 10 MB"
                for row in rows)
+    cpu = [row["target"] for row in rows
+           if row["measure"] == "CPU per scrape, alternating with the straightforward exporter"]
+    assert cpu == ["≤ 0.6x straightforward", "≤ 0.35x straightforward"]
 
 
 def test_rows_carry_positive_measurements(bench: tuple[str, list[dict[str, Any]]]) -> None:
