@@ -146,16 +146,22 @@ def encode_openmetrics(families: Iterable[Any]) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = ("application/openmetrics-text; version=1.0.0; charset=utf-8; "
+                    "escaping=underscores")
+
+
 def choose(accept: str) -> tuple[Callable[[Iterable[Any]], bytes], str]:
-    """The encoder and Content-Type for an Accept header, as prometheus_client negotiates."""
-    encoder, content_type = choose_encoder(accept)
-    if encoder is client_text:
-        return encode_text, content_type
-    keywords: dict[str, Any] = getattr(encoder, "keywords", {})
-    if getattr(encoder, "func", None) is client_openmetrics \
-            and keywords.get("version", "1.0.0") == "1.0.0":
-        return encode_openmetrics, content_type
-    return lambda families: encoder(_Many(families)), content_type
+    """The encoder and Content-Type for an Accept header, negotiated as prometheus_client does,
+    answered with one of two fixed Content-Types: nothing of the request is echoed into the
+    answer's headers, and an Accept prometheus_client cannot read gets the text format."""
+    try:
+        encoder, _ = choose_encoder(accept)
+    except (TypeError, ValueError):  # e.g. "version=1.0.0x" fails prometheus_client's compare
+        return encode_text, TEXT_TYPE
+    if getattr(encoder, "func", None) is client_openmetrics:
+        return encode_openmetrics, OPENMETRICS_TYPE
+    return encode_text, TEXT_TYPE
 
 
 class _Many(Collector):

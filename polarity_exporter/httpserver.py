@@ -25,6 +25,7 @@ import contextlib
 import http.client
 import io
 import logging
+import re
 import selectors
 import socket
 import ssl
@@ -49,6 +50,7 @@ WRITE_TIMEOUT = 60.0  # seconds to write one answer, whole
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024  # the exporter takes no request bodies; small ones are discarded
 MAX_CONNECTIONS = 128
+ACCEPT_BATCH = 16  # connections accepted per turn of the loop
 WORKERS = 32  # threads running requests: scrapes share one fetch, but each waits in one
 
 
@@ -68,6 +70,8 @@ class _Connection:
     tls_pending: bool = False  # a TLS connection whose handshake has not completed
     buffer: bytearray = field(default_factory=bytearray)
     busy: bool = False  # a worker is running a request on it
+    watched: bool = False  # registered with the selector (only these may be evicted)
+    continued: bool = False  # "100 Continue" sent for the request being read
     served: int = 0  # requests answered on it
 
 
@@ -77,7 +81,9 @@ class BoundedServer:
     def __init__(self, app: WSGIApp, listener: socket.socket,
                  tls: ssl.SSLContext | None = None, *, header_timeout: float = HEADER_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
-                 workers: int = WORKERS) -> None:
+                 workers: int = WORKERS, inline_paths: frozenset[str] = frozenset()) -> None:
+        # Paths answered on the loop thread, never queued behind workers: the probes.
+        self._inline = inline_paths
         self._app = app
         self._listener = listener
         self._listener.setblocking(False)
@@ -111,18 +117,24 @@ class BoundedServer:
         self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
         try:
             while not self._stopping.is_set():
-                for key, _ in self._selector.select(self._next_timeout()):
-                    if key.data == "accept":
-                        self._accept()
-                    elif key.data == "wake":
-                        self._drain_wake()
-                    else:
-                        self._readable(key.data)
-                self._take_back()
-                self._expire()
+                try:
+                    self._turn()
+                except Exception as exc:
+                    log.error("http server loop error", extra={"err": one_line_error(exc)})
         finally:
             self._selector.close()
             self._stopped.set()
+
+    def _turn(self) -> None:
+        for key, _ in self._selector.select(self._next_timeout()):
+            if key.data == "accept":
+                self._accept()
+            elif key.data == "wake":
+                self._drain_wake()
+            else:
+                self._readable(key.data)
+        self._take_back()
+        self._expire()
 
     def _next_timeout(self) -> float | None:
         with self._lock:
@@ -141,7 +153,9 @@ class BoundedServer:
                 pass
 
     def _accept(self) -> None:
-        while True:
+        # A few at a time: the requests of connections already accepted are read in between,
+        # so a flood of new connections cannot evict one whose request has arrived.
+        for _ in range(ACCEPT_BATCH):
             try:
                 sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -159,7 +173,7 @@ class BoundedServer:
                                tls_pending=self.tls is not None)
             with self._lock:
                 self._connections.add(conn)
-            self._selector.register(sock, selectors.EVENT_READ, conn)
+            self._watch(conn)
 
     def _make_room(self) -> bool:
         """Below the cap, or made so by closing the connection that waited longest without a
@@ -167,7 +181,7 @@ class BoundedServer:
         with self._lock:
             if len(self._connections) < self._max_connections:
                 return True
-            idle = [c for c in self._connections if not c.busy]
+            idle = [c for c in self._connections if c.watched]
         if not idle:
             return False
         oldest = min(idle, key=lambda c: c.deadline)
@@ -175,6 +189,16 @@ class BoundedServer:
                   extra={"client": oldest.address})
         self._close(oldest)
         return True
+
+    def _watch(self, conn: _Connection) -> None:
+        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        conn.watched = True
+
+    def _unwatch(self, conn: _Connection) -> None:
+        if conn.watched:
+            conn.watched = False
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn.sock)
 
     def _readable(self, conn: _Connection) -> None:
         try:
@@ -191,24 +215,62 @@ class BoundedServer:
         if not data:  # EOF: a head cut short is never served
             self._close(conn)
             return
+        if not conn.buffer and conn.served:  # the next request's head begins: 5 s for it
+            conn.deadline = min(conn.deadline, time.monotonic() + self._header_timeout)
         conn.buffer += data
         self._dispatch_if_complete(conn)
 
     def _dispatch_if_complete(self, conn: _Connection) -> None:
+        """Once a whole request (head and body) has arrived: answer a probe here, hand anything
+        else to a worker. Workers never wait for a client's bytes."""
         end = conn.buffer.find(b"\r\n\r\n")
-        if end < 0:
+        if end < 0 or end > MAX_HEAD_BYTES:
             if len(conn.buffer) > MAX_HEAD_BYTES:
                 self._answer_and_close(conn, "431 Request Header Fields Too Large")
             return
         head = bytes(conn.buffer[:end])
-        del conn.buffer[: end + 4]
-        self._selector.unregister(conn.sock)
+        problem, length = _check_head(head)
+        if problem:
+            self._answer_and_close(conn, problem)
+            return
+        if len(conn.buffer) < end + 4 + length:  # the body is still on its way
+            if not conn.continued and _EXPECT_CONTINUE.search(head):
+                conn.continued = True
+                with contextlib.suppress(OSError):
+                    conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        del conn.buffer[: end + 4 + length]
+        conn.continued = False
+        self._unwatch(conn)
+        if _target(head) in self._inline:
+            self._serve_inline(conn, head)
+            return
         with self._lock:
             conn.busy = True
         try:
             self._workers.submit(self._serve, conn, head)
         except RuntimeError:  # shutting down
             self._close(conn)
+
+    def _serve_inline(self, conn: _Connection, head: bytes) -> None:
+        """A probe, answered on the loop thread: it must answer within a second even when every
+        worker is busy. Its answer is small; a client that does not read it is closed."""
+        try:
+            answer, keep = self._answer(conn, head)
+            sent = conn.sock.send(answer)
+        except (OSError, ValueError) as exc:
+            log.debug("http connection error", extra={"client": conn.address,
+                                                      "err": one_line_error(exc)})
+            self._close(conn)
+            return
+        if sent < len(answer) or not keep or self._stopping.is_set():
+            self._close(conn)
+            return
+        conn.served += 1
+        conn.deadline = time.monotonic() + self._idle_timeout
+        self._watch(conn)
+        if conn.buffer:
+            self._dispatch_if_complete(conn)
 
     def _handshake(self, conn: _Connection) -> bool:
         """Advance a TLS handshake; True once the connection is ready for its request."""
@@ -225,10 +287,10 @@ class BoundedServer:
                 self._close(conn)
                 return False
             assert self.tls is not None
-            self._selector.unregister(conn.sock)
+            self._unwatch(conn)
             conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
                                              do_handshake_on_connect=False)
-            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+            self._watch(conn)
         conn.sock.do_handshake()  # SSLWantReadError: not yet
         conn.tls_pending = False
         return True
@@ -237,10 +299,10 @@ class BoundedServer:
         with self._lock:
             returned, self._returned = self._returned, []
         for conn in returned:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or conn.sock.fileno() < 0:
                 self._close(conn)
                 continue
-            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+            self._watch(conn)
             if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
                 self._readable(conn)  # decrypted bytes the selector cannot see
             elif conn.buffer:  # a pipelined request arrived with the last one
@@ -258,8 +320,7 @@ class BoundedServer:
     def _close(self, conn: _Connection) -> None:
         """Close a connection the loop watches (loop thread only: selectors are not
         thread-safe)."""
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(conn.sock)
+        self._unwatch(conn)
         self._forget(conn)
 
     def _forget(self, conn: _Connection) -> None:
@@ -305,15 +366,20 @@ class BoundedServer:
             self._forget(conn)
 
     def _respond(self, conn: _Connection, head: bytes) -> bool:
-        """Answer one request; whether the connection may carry another."""
+        """Answer one request (worker thread); whether the connection may carry another."""
+        answer, keep = self._answer(conn, head)
+        conn.sock.sendall(answer)
+        return keep
+
+    def _answer(self, conn: _Connection, head: bytes) -> tuple[bytes, bool]:
+        """The whole answer to one request, and whether the connection may carry another."""
         try:
             environ, keep = self._environ(conn, head)
         except _Rejected as rejected:
             body = f"{rejected}\n".encode()
-            conn.sock.sendall(f"HTTP/1.1 {rejected.status}\r\nContent-Type: text/plain\r\n"
-                              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                              .encode() + body)
-            return False
+            return (f"HTTP/1.1 {rejected.status}\r\nContent-Type: text/plain\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                    .encode() + body), False
         keep = keep and not self._stopping.is_set()
         sent: dict[str, Any] = {}
 
@@ -323,23 +389,22 @@ class BoundedServer:
             return lambda _data: None  # the app returns its body; nothing writes directly
 
         result = self._app(environ, start_response)
-        log.debug("http request", extra={"client": conn.address,
-                                         "request": f"{environ['REQUEST_METHOD']} "
-                                                    f"{environ['PATH_INFO'][:200]}",
-                                         "status": str(sent.get("status", ""))[:3]})
         try:
+            log.debug("http request", extra={"client": conn.address,
+                                             "request": f"{environ['REQUEST_METHOD']} "
+                                                        f"{environ['PATH_INFO'][:200]}",
+                                             "status": str(sent.get("status", ""))[:3]})
             lines = [f"HTTP/1.1 {sent['status']}"]
             lines += [f"{name}: {value}" for name, value in sent["headers"]]
             lines.append("Connection: keep-alive" if keep else "Connection: close")
-            conn.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            parts = [("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")]
             if environ["REQUEST_METHOD"] != "HEAD":
-                for chunk in result:
-                    conn.sock.sendall(chunk)
+                parts += list(result)
+            return b"".join(parts), keep
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        return keep
 
     def _environ(self, conn: _Connection, head: bytes) -> tuple[dict[str, Any], bool]:
         line, _, rest = head.partition(b"\r\n")
@@ -351,12 +416,7 @@ class BoundedServer:
             headers = http.client.parse_headers(io.BytesIO(rest + b"\r\n\r\n"))
         except (http.client.HTTPException, ValueError) as exc:
             raise _Rejected("400 Bad Request", "bad headers") from exc
-        if headers.get("Transfer-Encoding"):
-            raise _Rejected("411 Length Required", "chunked request bodies are not accepted")
         length = headers.get("Content-Length", "0").strip() or "0"
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            raise _Rejected("413 Content Too Large", "request body too large")
-        self._discard_body(conn, int(length))
         path, _, query = target.partition("?")
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method, "PATH_INFO": unquote(path, "latin-1"),
@@ -375,16 +435,6 @@ class BoundedServer:
         connection = headers.get("Connection", "").lower()
         keep = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
         return environ, keep
-
-    def _discard_body(self, conn: _Connection, length: int) -> None:
-        pending = min(length, len(conn.buffer))
-        del conn.buffer[:pending]
-        length -= pending
-        while length > 0:
-            chunk = conn.sock.recv(min(length, 65536))
-            if not chunk:
-                raise ConnectionResetError("the request body was cut short")
-            length -= len(chunk)
 
     # --- shutdown -----------------------------------------------------------------------------
 
@@ -412,6 +462,41 @@ class BoundedServer:
         self._workers.shutdown(wait=False, cancel_futures=True)
         for sock in (self._wake_read, self._wake_write):
             sock.close()
+
+
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(.*?)[ \t]*$", re.I | re.M)
+_EXPECT_CONTINUE = re.compile(rb"^expect:[ \t]*100-continue", re.I | re.M)
+_BAD_NAME = re.compile(rb"^[^:\r\n]*[ \t][^:\r\n]*:", re.M)  # a header name with blanks
+
+
+def _check_head(head: bytes) -> tuple[str, int]:
+    """(the status to refuse a request head with, or "", and its body's length). Checked on the
+    loop thread before a worker sees the request, so no body is ever waited for by a worker."""
+    lines = head.split(b"\r\n", 1)
+    fields = lines[1] if len(lines) > 1 else b""
+    if _BAD_NAME.search(fields):
+        return "400 Bad Request", 0
+    if re.search(rb"^transfer-encoding[ \t]*:", fields, re.I | re.M):
+        return "411 Length Required", 0
+    values = {m.group(1) for m in _CONTENT_LENGTH.finditer(fields)}
+    if not values:
+        return "", 0
+    if len(values) > 1:
+        return "400 Bad Request", 0  # conflicting lengths: a request smuggling attempt
+    value = values.pop()
+    if not value.isdigit() or len(value) > 9:  # bytes.isdigit is ASCII-only
+        return "400 Bad Request", 0
+    if int(value) > MAX_BODY_BYTES:
+        return "413 Content Too Large", 0
+    return "", int(value)
+
+
+def _target(head: bytes) -> str:
+    """The path of a request's target, for routing probes (no query)."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
+        return ""
+    return parts[1].split(b"?", 1)[0].decode("latin-1")
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -54,9 +55,43 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), ensure_ascii=False, default=str)
 
 
+class RepeatFilter(logging.Filter):
+    """Warnings and errors repeated within `interval` seconds are dropped and counted.
+
+    Any client can make the exporter fetch (and so fail, and log) as often as it likes; the log
+    must not grow with it. The same message with the same `err` is written at most once per
+    interval; the next one written says how many were dropped (`repeated=N`).
+    """
+
+    def __init__(self, interval: float = 10.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg), str(getattr(record, "err", ""))[:300])
+        now = self._clock()
+        with self._lock:
+            last, dropped = self._seen.get(key, (-1e18, 0))
+            if now - last < self._interval:
+                self._seen[key] = (last, dropped + 1)
+                return False
+            if len(self._seen) >= 1000:
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if dropped:
+            record.repeated = dropped
+        return True
+
+
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])

@@ -214,4 +214,4 @@ def _reply(start_response: StartResponse, status: str, body: bytes,
 def bind(app: ExporterApp, host: str, port: int, tls: ssl.SSLContext | None = None,
          **limits: Any) -> BoundedServer:
     """Bind the listening socket; raises OSError with the system's reason."""
-    return BoundedServer(app, listen(host, port), tls, **limits)
+    return BoundedServer(app, listen(host, port), tls, inline_paths=PROBES, **limits)

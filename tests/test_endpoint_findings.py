@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import signal
@@ -313,3 +314,23 @@ def test_6_a_world_readable_password_file_and_plain_http_are_warned_about(
     assert re.search(r"level=warn .*readable by group or others.*mode=0644", output)
     assert re.search(r"level=warn .*unencrypted over http://", output)
     assert SIM_PASSWORD not in output
+
+
+def test_4_repeated_warnings_are_written_once_per_interval() -> None:
+    from polarity_exporter.logs import RepeatFilter
+
+    now = [0.0]
+    repeats = RepeatFilter(interval=10, clock=lambda: now[0])
+
+    def record(err: str) -> Any:
+        made = logging.makeLogRecord({"name": "polarity_exporter.collector", "levelno": 30,
+                                      "msg": "cannot list integrations"})
+        made.err = err
+        return made
+
+    written = [repeats.filter(record("HTTP 500")) for _ in range(50)]
+    assert written == [True] + [False] * 49
+    assert repeats.filter(record("HTTP 503"))  # another cause is news
+    now[0] = 11.0
+    again = record("HTTP 500")
+    assert repeats.filter(again) and again.repeated == 49

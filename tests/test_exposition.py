@@ -20,7 +20,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from polarity_exporter.exposition import choose, encode_openmetrics, encode_text
+from polarity_exporter.exposition import (
+    OPENMETRICS_TYPE,
+    TEXT_TYPE,
+    choose,
+    encode_openmetrics,
+    encode_text,
+)
 
 
 class Families(Collector):
@@ -89,12 +95,20 @@ def test_families_outside_the_simple_shape_are_encoded_by_prometheus_client() ->
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
     "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
     "application/openmetrics-text; version=0.0.1"])
-def test_negotiation_matches_prometheus_client(accept: str) -> None:
+def test_negotiation_picks_the_format_prometheus_client_picks(accept: str) -> None:
     from prometheus_client.exposition import choose_encoder
 
     family = GaugeMetricFamily("g", "gauge", labels=["x"])
     family.add_metric(["v"], 1.0)
     encoder, content_type = choose(accept)
     theirs, their_type = choose_encoder(accept)
-    assert content_type == their_type
+    assert content_type.split(";")[0] == their_type.split(";")[0]
     assert encoder([family]) == theirs(Families([family]))
+
+
+@pytest.mark.parametrize("accept", [
+    "application/openmetrics-text; version=1.0.0x", "text/plain; version=1.x",
+    "application/openmetrics-text; version=2.x\r\n\tX-Injected: yes"])
+def test_an_odd_accept_header_gets_a_fixed_content_type_never_an_error(accept: str) -> None:
+    _, content_type = choose(accept)
+    assert content_type in (TEXT_TYPE, OPENMETRICS_TYPE)
