@@ -162,11 +162,3 @@ def choose(accept: str) -> tuple[Callable[[Iterable[Any]], bytes], str]:
     if getattr(encoder, "func", None) is client_openmetrics:
         return encode_openmetrics, OPENMETRICS_TYPE
     return encode_text, TEXT_TYPE
-
-
-class _Many(Collector):
-    def __init__(self, families: Iterable[Any]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Any]:
-        return iter(self._families)

@@ -17,11 +17,9 @@ import math
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client.registry import Collector
 
 from polarity_exporter.exposition import choose
 from polarity_exporter.httpserver import BoundedServer, listen, one_line_error
@@ -52,16 +50,6 @@ class Landing:
     name: str
     version: str
     polarity_url: str
-
-
-class _Snapshot(Collector):
-    """Families already collected for one request, in the shape the encoders expect."""
-
-    def __init__(self, families: list[Any]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Any]:
-        return iter(self._families)
 
 
 class _Sent(list[bytes]):

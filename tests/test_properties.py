@@ -20,8 +20,6 @@ import pytest
 from conftest import SIM_PASSWORD, SIM_USER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 from reference import clean as clean_controls
@@ -31,10 +29,10 @@ from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector
 from polarity_exporter.config import CollectorConfig, Password, PolarityConfig
 from polarity_exporter.deadline import Deadline
+from polarity_exporter.exposition import encode_openmetrics, encode_text
 from polarity_exporter.models import parse_timestamp
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
-from polarity_exporter.web import _Snapshot
 
 # Text with everything a third-party integration might put in a string.
 any_text = st.text(st.characters(codec=None, categories=None), max_size=12)
@@ -165,8 +163,8 @@ def test_any_api_answer_is_collected_safely_and_truthfully(
     sim.faults = F.chain(F.body(json.dumps(listing).encode(), F.on(F.INTEGRATIONS)),
                          F.body(json.dumps(errors).encode(), F.on(F.ERRORS)))
     families, _ = collector.scrape(Deadline(5.0))  # must not raise
-    text = generate_latest(_Snapshot(families)).decode()
-    parse_om(generate_openmetrics(_Snapshot(families)).decode())  # OpenMetrics parses too
+    text = encode_text(families).decode()  # what /metrics writes
+    parse_om(encode_openmetrics(families).decode())  # OpenMetrics parses too
     samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
     keys = Counter((s.name, frozenset(s.labels.items())) for s in samples)
     assert max(keys.values()) == 1, "duplicate series"
