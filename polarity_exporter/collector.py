@@ -261,17 +261,15 @@ class PolarityCollector(Collector):
 
     # --- talking to Polarity ------------------------------------------------------------------
 
-    def scrape(self, deadline: Deadline,
-               timeout: Deadline | None = None) -> tuple[list[Metric], bool]:
+    def scrape(self, deadline: Deadline) -> tuple[list[Metric], bool]:
         """The scrape's families, and whether they may be reused (no part ran out of time).
 
-        `deadline` is when to stop talking to Polarity; `timeout` the scrape's own deadline,
-        later by the time kept for encoding the answer (reported as
-        polarity_scrape_timeout_seconds; `deadline` when not given).
+        `deadline` is when to stop talking to Polarity (the scrape's own deadline less the time
+        kept to encode the answer), reported as polarity_scrape_timeout_seconds.
         """
         with cyclic_gc_paused():
             result = self.fetch(deadline)
-            result.timeout = (timeout or deadline).seconds
+            result.timeout = deadline.seconds  # as extended by scrapes that joined the fetch
             return self.build(result), not result.deadline_hit
 
     def fetch(self, deadline: Deadline) -> ScrapeResult:

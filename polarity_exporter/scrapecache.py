@@ -38,9 +38,8 @@ from polarity_exporter.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
-# (when to stop talking to Polarity, the scrapes' own deadline) -> (families, whether they may
-# be reused)
-Fetch = Callable[[Deadline, Deadline], tuple[list[Metric], bool]]
+# when to stop talking to Polarity -> (families, whether they may be reused)
+Fetch = Callable[[Deadline], tuple[list[Metric], bool]]
 Late = Callable[[float], list[Metric]]  # timeout in seconds -> "nothing arrived in time"
 
 # Building and encoding the answer takes time after the fetch: measured at 10,000 integrations
@@ -65,7 +64,6 @@ class SharedScrapeFailed(RuntimeError):
 @dataclass
 class _Flight:
     deadline: Deadline  # for the fetch: the latest waiter's deadline less its reserve
-    answer: Deadline  # the latest waiter's own deadline
     started: float = 0.0  # monotonic
     done: threading.Event = field(default_factory=threading.Event)
     families: list[Metric] | None = None
@@ -112,13 +110,11 @@ class SharedScrape:
             flight = self._flight
             if flight is None:
                 flight = self._flight = _Flight(Deadline(timeout - reserve, self._clock),
-                                                Deadline(timeout, self._clock),
                                                 started=self._clock())
                 self._runner.submit(self._run, flight)
             else:
                 latest = flight.started + self._max_lifetime
                 flight.deadline.extend_to(min(fetch_by, latest - reserve))
-                flight.answer.extend_to(min(answer_by, latest))
         if not flight.done.wait(max(0.0, wait_until - self._clock())):
             log.warning("scrape deadline passed before the Polarity fetch finished; it goes on "
                         "for scrapes with later deadlines", extra={"timeout": f"{timeout:.2f}s"})
@@ -129,7 +125,7 @@ class SharedScrape:
 
     def _run(self, flight: _Flight) -> None:
         try:
-            families, reusable = self._fetch(flight.deadline, flight.answer)
+            families, reusable = self._fetch(flight.deadline)
             if self._ttl > 0 and reusable:
                 _mark_cached(families, self._ttl)
             flight.families, flight.reusable = families, reusable

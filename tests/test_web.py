@@ -136,8 +136,10 @@ def test_sigterm_finishes_an_inflight_scrape(start_exporter: Any) -> None:
 def test_scrape_timeout_metric_is_the_header_less_the_offset(exporter: ExporterProcess) -> None:
     response = requests.get(exporter.url + "/metrics", timeout=30,
                             headers={"X-Prometheus-Scrape-Timeout-Seconds": "7"})
-    assert parse(response.text)["polarity_scrape_timeout_seconds"][labels()] == 6.5
+    # 7 s less the 0.5 s offset, less the 1 s kept to encode the answer
+    assert parse(response.text)["polarity_scrape_timeout_seconds"][labels()] == 5.5
 
 
 def test_scrape_timeout_metric_falls_back_to_the_flag(exporter: ExporterProcess) -> None:
-    assert scrape(exporter.url + "/metrics")["polarity_scrape_timeout_seconds"][labels()] == 10
+    # --polarity.timeout (10 s) less the 1 s kept to encode the answer
+    assert scrape(exporter.url + "/metrics")["polarity_scrape_timeout_seconds"][labels()] == 9
