@@ -78,8 +78,9 @@ Q_UP = sel("polarity_up")
 Q_ERRORS_READABLE = sel("polarity_scrape_collector_success", 'collector="errors"')
 Q_SCRAPE_DURATION = sel("polarity_scrape_duration_seconds")
 Q_PROM_SCRAPE_DURATION = sel("scrape_duration_seconds")
-# The exporter's own deadline (Prometheus' timeout less --web.timeout-offset): exported with every
-# scrape, so no Prometheus feature flag or assumed default is needed. Same line as the alert's.
+# How long the exporter may talk to Polarity (Prometheus' timeout less --web.timeout-offset, less
+# the time kept to encode the answer): exported with every scrape, so no Prometheus feature flag
+# or assumed default is needed. Same line as the alert's.
 Q_SCRAPE_TIMEOUT = sel("polarity_scrape_timeout_seconds")
 Q_RUNNING_COUNT = f"sum(max by ({JOIN_KEYS}) ({integ('polarity_integration_running')}))"
 Q_NOT_RUNNING_COUNT = f"sum(max by ({JOIN_KEYS}) (1 - {integ('polarity_integration_running')}))"
@@ -307,10 +308,11 @@ def overview() -> dashboard.Dashboard:
         .title("Scrape duration against the scrape timeout")
         .description(
             "Time each scrape spent talking to Polarity, the whole scrape as Prometheus saw it, "
-            "and the exporter's deadline (polarity_scrape_timeout_seconds: Prometheus' scrape "
-            "timeout less --web.timeout-offset). At the deadline the exporter cuts the scrape "
-            "and reports polarity_up 0; the whole scrape may exceed it by up to the offset. "
-            "Above 80% of the deadline, PolarityScrapeNearTimeout warns."
+            "and the exporter's deadline (polarity_scrape_timeout_seconds: how long it may talk "
+            "to Polarity, i.e. Prometheus' scrape timeout less --web.timeout-offset, less the "
+            "time kept to encode the answer). At it the exporter stops talking to Polarity and "
+            "reports polarity_up 0; the whole scrape may exceed it by the offset and that "
+            "reserve. Above 80% of it, PolarityScrapeNearTimeout warns."
         )
         .datasource(DATASOURCE)
         .with_target(target(Q_SCRAPE_DURATION, "{{instance}} Polarity API calls", "A"))
