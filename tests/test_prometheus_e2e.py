@@ -38,6 +38,7 @@ from conftest import (
     wait_until_ready,
 )
 
+from polarity_exporter.scrapecache import encode_reserve
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
 DASHBOARDS = REPO / "grafana" / "dashboards"
@@ -46,8 +47,10 @@ JOB = "polarity-exporter"
 SCRAPE_INTERVAL_S = 1
 SCRAPE_TIMEOUT_S = SCRAPE_INTERVAL_S  # Prometheus' scrape_timeout for the job
 TIMEOUT_OFFSET_S = 0.1  # the exporter's --web.timeout-offset
-# What polarity_scrape_timeout_seconds must say: Prometheus' timeout (the header) less the offset.
-DEADLINE_S = SCRAPE_TIMEOUT_S - TIMEOUT_OFFSET_S
+# What polarity_scrape_timeout_seconds must say: Prometheus' timeout (the header) less the offset,
+# less the time the exporter keeps to encode its answer.
+DEADLINE_S = (SCRAPE_TIMEOUT_S - TIMEOUT_OFFSET_S) \
+    - encode_reserve(SCRAPE_TIMEOUT_S - TIMEOUT_OFFSET_S)
 # Grafana: $__rate_interval = max($__interval + scrape interval, 4 * scrape interval).
 INTERVAL_S = 1
 RATE_INTERVAL_S = max(INTERVAL_S + SCRAPE_INTERVAL_S, 4 * SCRAPE_INTERVAL_S)
@@ -308,7 +311,8 @@ def check_prom_scrape_duration(result: Result, ctx: Ctx) -> None:
 
 
 def check_scrape_timeout(result: Result, ctx: Ctx) -> None:
-    # The exporter's deadline, from the header Prometheus really sent, less the offset.
+    # The exporter's deadline, from the header Prometheus really sent, less the offset and the
+    # encode reserve.
     assert [s["metric"]["instance"] for s in result] == [ctx.stack.exporter_address]
     assert all(float(v) == pytest.approx(DEADLINE_S) for _, v in result[0]["values"])
 
