@@ -40,20 +40,10 @@ class Deadline:
     def remaining(self) -> float:
         return self.end - self._clock()
 
-    def expired(self) -> bool:
-        return self.remaining() <= 0
-
     def extend_to(self, end: float) -> None:
         if end > self.end:
             self.seconds += end - self.end
             self.end = end
-
-    def shortened(self, by: float) -> Deadline:
-        """A deadline `by` seconds earlier than this one (never below zero left)."""
-        earlier = Deadline(0.0, self._clock)
-        earlier.end = max(self._clock(), self.end - by)
-        earlier.seconds = max(0.0, self.seconds - by)
-        return earlier
 
     def check(self, what: str, why: str = "") -> float:
         remaining = self.remaining()

@@ -331,10 +331,8 @@ class BoundedServer:
         _shut(conn.sock)
 
     def _answer_and_close(self, conn: _Connection, status: str) -> None:
-        body = status.split(" ", 1)[1].encode() + b"\n"
         with contextlib.suppress(OSError):
-            conn.sock.send(f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: "
-                           f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            conn.sock.send(_closing_answer(status, status.split(" ", 1)[1]))
         self._close(conn)
 
     # --- the workers --------------------------------------------------------------------------
@@ -376,10 +374,7 @@ class BoundedServer:
         try:
             environ, keep = self._environ(conn, head)
         except _Rejected as rejected:
-            body = f"{rejected}\n".encode()
-            return (f"HTTP/1.1 {rejected.status}\r\nContent-Type: text/plain\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                    .encode() + body), False
+            return _closing_answer(rejected.status, str(rejected)), False
         keep = keep and not self._stopping.is_set()
         sent: dict[str, Any] = {}
 
@@ -511,12 +506,17 @@ def listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host or "0.0.0.0", port), family=family, backlog=128)
 
 
+def _closing_answer(status: str, text: str) -> bytes:
+    """A plain-text answer after which the server closes the connection."""
+    body = f"{text}\n".encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}"
+            "\r\nConnection: close\r\n\r\n").encode() + body
+
+
 def _refuse(sock: socket.socket) -> None:
-    body = b"too many connections\n"
     with contextlib.suppress(OSError):
         sock.setblocking(False)
-        sock.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                  b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        sock.send(_closing_answer("503 Service Unavailable", "too many connections"))
     _shut(sock)
 
 

@@ -83,26 +83,27 @@ def describe_exception(exc: BaseException) -> str:
 
 # --- connections that register their sockets with the deadline guard ---------------------------
 
-class _GuardedHTTPConnection(HTTPConnection):
+class _Guarded:
+    """Registers the connection's socket with this thread's deadline guard."""
+
+    sock: Any
+
     def _new_conn(self) -> Any:
-        sock = super()._new_conn()
+        sock = super()._new_conn()  # type: ignore[misc]
         watch_current(sock)  # before the TLS handshake, which reads from this socket
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         watch_current(self.sock)  # a kept-alive connection: already connected
-        super().request(*args, **kwargs)
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _GuardedHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> Any:
-        sock = super()._new_conn()
-        watch_current(sock)
-        return sock
+class _GuardedHTTPConnection(_Guarded, HTTPConnection):
+    pass
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        watch_current(self.sock)
-        super().request(*args, **kwargs)
+
+class _GuardedHTTPSConnection(_Guarded, HTTPSConnection):
+    pass
 
 
 class _GuardedHTTPPool(HTTPConnectionPool):
