@@ -202,7 +202,7 @@ def test_6_compressed_pages_cannot_amplify_memory(sim: Simulator) -> None:
         return Response(200, [raw], {**JSONAPI, "Content-Encoding": "gzip"})
 
     sim.faults = lambda r, resp: bomb(r, resp) if F.on(F.INTEGRATIONS)(r) else resp
-    with running_exporter(sim.url, CREDS, page_size=5) as exp:
+    with running_exporter(sim.url, CREDS, page_size=5, timeout=10) as exp:
         result: list[Any] = []
         grown = growth_mib(lambda: result.append(exp.scrape(timeout=10)))
         assert result[0].up == 0 and result[0].success("errors") == 1
