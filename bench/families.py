@@ -4,7 +4,7 @@
 
 The simulator's dataset is generated in-process (no HTTP: this measures the exporter's own
 code) and frozen out of the cyclic GC's sight, then parsed and summarised exactly as a scrape
-does. `build_families` (under the GC pause a scrape uses) and
+does. `build_families` (with the collector thresholds the exporter process sets) and
 `prometheus_client.generate_latest` are each timed `--repeat` times; the fastest run of each
 is reported, as CPU seconds. Prints one JSON line: {"build", "render", "collect", "samples"}.
 """
@@ -27,12 +27,12 @@ from polarity_exporter.collector import (
     LabelCleaner,
     ScrapeResult,
     build_families,
-    cyclic_gc_paused,
     parse_integrations,
     summarize_errors,
     unique_labels,
 )
 from polarity_exporter.config import CollectorConfig
+from polarity_exporter.memory import GC_THRESHOLD
 from polarity_exporter.simulator.dataset import DatasetSpec, generate
 
 
@@ -64,6 +64,7 @@ def main() -> None:
     # The exporter process never holds the simulator's dataset: keep the cyclic GC from
     # scanning it, so that it does not bill the collector for objects that are not its own.
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)  # as polarity-exporter's entry point sets them
     config = CollectorConfig()
     clean = LabelCleaner(config.max_label_length)
 
@@ -77,8 +78,7 @@ def main() -> None:
 
     collect_cpu, result = fastest(args.repeat, collect)
     def build() -> list[Any]:
-        with cyclic_gc_paused():  # as PolarityCollector.scrape builds them
-            return build_families(result, config)
+        return build_families(result, config)
 
     build_cpu, families = fastest(args.repeat, build)
     render_cpu, _ = fastest(args.repeat, lambda: generate_latest(Snapshot(families)))

@@ -312,7 +312,7 @@ def series(sizes: Sizes) -> list[Row]:
     with simulator(n, m) as url, exporter(url) as server:
         server.scrape().check_complete()
         ours = median_scrape(server, sizes.repeat)
-        error_series = len(ours.samples("polarity_integration_error_occurrences"))
+        error_series = len(ours.samples("polarity_integration_error_occurrences_total"))
     scenario = f"{n:,} integrations, {error_series:,} error series ({m:,} records)"
     families = run_json(str(BENCH / "families.py"), f"--integrations={n}", f"--errors={m}",
                         f"--repeat={max(sizes.repeat, 3)}")

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import requests
 
-from polarity_exporter.config import CollectorConfig, Config, Password, PolarityConfig, WebConfig
+from polarity_exporter.config import CollectorConfig, Config, Password, PolarityConfig, ServerConfig
 from polarity_exporter.exporter import build_exporter
 from polarity_exporter.simulator import FaultHook, Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
@@ -127,7 +127,7 @@ def soak(scrapes: int, warmup: int = 200, fault_every: int = 2, max_rss_growth_m
         exporter = build_exporter(Config(
             polarity=PolarityConfig(url=sim.url, credentials=Password(USER, PASSWORD),
                                     timeout=5, page_size=10),
-            collector=CollectorConfig(), web=WebConfig(host="127.0.0.1", port=0)))
+            collector=CollectorConfig(), web=ServerConfig(host="127.0.0.1", port=0)))
         exporter.serve()
         url = f"http://127.0.0.1:{exporter.port}/metrics"
         session = requests.Session()

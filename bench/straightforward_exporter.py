@@ -31,7 +31,7 @@ INFO = Gauge("polarity_integration_info", "info",
 STATUS = Gauge("polarity_integration_status", "status", ["integration_id", "status"])
 RUNNING = Gauge("polarity_integration_running", "running", ["integration_id"])
 ERRORS = Gauge("polarity_integration_errors", "errors", ["integration_id"])
-OCCURRENCES = Gauge("polarity_integration_error_occurrences", "occurrences",
+OCCURRENCES = Gauge("polarity_integration_error_occurrences_total", "occurrences",
                     ["integration_id", "code"])
 LAST = Gauge("polarity_integration_error_last_occurrence_timestamp_seconds", "last",
              ["integration_id", "code"])

@@ -91,15 +91,15 @@ Q_NOT_RUNNING_TABLE = (
     f"* on({JOIN_KEYS}) group_left(status)\n{integ('polarity_integration_status')}"
 )
 OCCURRENCES_BY_CODE = (
-    f"sum by ({JOIN_KEYS}, code) ({integ('polarity_integration_error_occurrences')})"
+    f"sum by ({JOIN_KEYS}, code) ({integ('polarity_integration_error_occurrences_total')})"
 )
 Q_OCCURRENCES_BY_CODE = with_names(OCCURRENCES_BY_CODE)
 Q_ERROR_RATE = with_names(
     f"sum by ({JOIN_KEYS}) "
-    f"(rate({integ('polarity_integration_error_occurrences')}[$__rate_interval])) * 60"
+    f"(rate({integ('polarity_integration_error_occurrences_total')}[$__rate_interval])) * 60"
 )
 Q_TOP_FAILING = with_names(
-    f"topk(10, sum by ({JOIN_KEYS}) ({integ('polarity_integration_error_occurrences')}))"
+    f"topk(10, sum by ({JOIN_KEYS}) ({integ('polarity_integration_error_occurrences_total')}))"
 )
 # Grafana's dateTimeFromNow unit takes milliseconds since the epoch.
 LAST_OCCURRENCE_MS = (
@@ -119,7 +119,7 @@ Q_I_OCCURRENCES = OCCURRENCES_BY_CODE
 Q_I_LAST_OCCURRENCE = LAST_OCCURRENCE_MS
 Q_I_ERROR_RATE = (
     f"sum by ({JOIN_KEYS}, code) "
-    f"(rate({integ('polarity_integration_error_occurrences')}[$__rate_interval])) * 60"
+    f"(rate({integ('polarity_integration_error_occurrences_total')}[$__rate_interval])) * 60"
 )
 
 # ---------------------------------------------------------------- variables --------------------

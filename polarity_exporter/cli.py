@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
+import urllib3
 
 from polarity_exporter import __version__
 from polarity_exporter.config import (
@@ -27,7 +28,7 @@ from polarity_exporter.config import (
     ConfigError,
     Password,
     PolarityConfig,
-    WebConfig,
+    ServerConfig,
     choose_credentials,
     normalize_url,
     parse_listen_address,
@@ -35,7 +36,7 @@ from polarity_exporter.config import (
 )
 from polarity_exporter.exporter import run
 from polarity_exporter.logs import LEVELS, setup_logging
-from polarity_exporter.memory import tune_allocator
+from polarity_exporter.memory import tune_process
 
 if TYPE_CHECKING:
     from polarity_exporter.webconfig import WebSecurity
@@ -104,7 +105,12 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
 def command(**flags: Any) -> None:
     """Prometheus exporter for Polarity integrations: status, errors, affected users."""
     setup_logging(flags["log_level"], flags["log_format"])
-    tune_allocator()
+    # Process-wide settings belong to the process, so they are made here, at its entry point,
+    # not by the modules a library user might import.
+    tune_process()
+    # With --polarity.insecure-skip-verify, urllib3 would warn on every request; the exporter
+    # warns once at start-up instead (exporter.py).
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     simulator = None
     if flags["demo"]:
         simulator, flags = _start_demo(flags)
@@ -146,7 +152,7 @@ def build_config(flags: dict[str, Any]) -> Config:
         collector=CollectorConfig(max_codes=flags["collector_max_codes"],
                                   max_label_length=flags["collector_max_label_length"],
                                   max_orphan_ids=flags["collector_max_orphan_ids"]),
-        web=WebConfig(host=host, port=port, telemetry_path=flags["web_telemetry_path"],
+        web=ServerConfig(host=host, port=port, telemetry_path=flags["web_telemetry_path"],
                       timeout_offset=flags["web_timeout_offset"],
                       shutdown_timeout=flags["web_shutdown_timeout"],
                       security=load_security(flags["web_config_file"])),

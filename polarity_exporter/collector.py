@@ -10,21 +10,19 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
 
-from polarity_exporter import __version__
+from polarity_exporter import __version__, metrics
 from polarity_exporter.client import Listing, PolarityClient
 from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.errors import DeadlineExceeded, PolarityError
-from polarity_exporter.memory import cyclic_gc_paused
 from polarity_exporter.models import (
     ErrorRecord,
     Integration,
@@ -35,10 +33,13 @@ from polarity_exporter.models import (
 
 log = logging.getLogger(__name__)
 
-OTHER_CODE = "other"
-# Control characters, and lone surrogates (JSON may escape them, "\ud800"; they cannot be
-# encoded as UTF-8, so one in a label would fail the whole exposition).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+OTHER_CODE = metrics.OTHER
+# Control characters become a space: a legend showing U+FFFD reads as broken data, a space as
+# the separator it almost always was (a tab, a newline).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Lone surrogates (JSON may escape them, "\ud800") cannot be encoded as UTF-8, so one in a label
+# would fail the whole exposition: they are replaced by U+FFFD, as invalid UTF-8 is.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class LabelCleaner:
@@ -52,10 +53,10 @@ class LabelCleaner:
         self._max = max_length
 
     def __call__(self, value: str) -> str:
-        # isprintable() is False for every character the pattern replaces (categories Cc, Cs).
+        # isprintable() is False for every character the patterns replace (categories Cc, Cs).
         if len(value) <= self._max and value.isprintable():
             return value
-        cleaned = _CONTROL.sub("\ufffd", value)
+        cleaned = _SURROGATE.sub("\ufffd", _CONTROL.sub(" ", value))
         if len(cleaned) > self._max:
             cleaned = cleaned[: self._max - 1] + "\u2026"
         return cleaned
@@ -115,7 +116,7 @@ class ErrorSummary:
         self._labels: dict[str, str] = {}
 
     def add(self, record: ErrorRecord) -> None:
-        # Runs once per record: lookups are inlined and CodeStats.add is not called.
+        # Runs once per record: the label lookups are inlined.
         label = self._ids.get(record.integration_id)
         if label is None:
             if len(self._ids) >= MAX_SUMMARY_IDS:
@@ -138,12 +139,7 @@ class ErrorSummary:
                 stats = entry.codes.get(OTHER_CODE)
             if stats is None:
                 stats = entry.codes[code] = CodeStats()
-        if record.count is not None:
-            stats.occurrences += record.count
-            stats.has_count = True
-        occurred_on = record.occurred_on
-        if occurred_on is not None and (stats.last_seen is None or occurred_on > stats.last_seen):
-            stats.last_seen = occurred_on
+        stats.add(record.count, record.occurred_on)
         if record.affected_users:
             if self._users + len(record.affected_users) > MAX_SUMMARY_USERS:
                 self.problems["meta.affected_users"] += 1  # the count is a lower bound
@@ -229,32 +225,26 @@ class ScrapeResult:
         return self.authenticated and self.listing is not None and self.listing.complete
 
 
-def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=list(labels))
-
-
 def _integration_id(integration: Integration) -> str:
     return integration.id
 
 
-class PolarityCollector(Collector):
-    """A prometheus_client collector that asks Polarity on every collect()."""
+class PolarityCollector:
+    """Asks Polarity on every scrape and builds the families of metrics.CATALOGUE.
+
+    Its one entry point is `scrape(deadline)`, called by the shared scrape with the deadline of
+    the requests waiting for it; it is not a prometheus_client collector, because a registry's
+    collect() has no deadline to give.
+    """
 
     def __init__(self, client: PolarityClient, config: CollectorConfig,
-                 default_timeout: float) -> None:
+                 cache_ttl: float = 0.0) -> None:
         self._client = client
         self._config = config
-        self._default_timeout = default_timeout
+        self._cache_ttl = cache_ttl  # said in polarity_up's HELP when results may be reused
         self._clean = LabelCleaner(config.max_label_length)
         # The errors download runs beside the integrations listing, not after it.
         self._errors_pool = ThreadPoolExecutor(1, thread_name_prefix="polarity-errors")
-
-    def describe(self) -> Iterator[Metric]:
-        # Registering the collector must not call Polarity: describe the families, empty.
-        return iter(_Families(self._config.max_codes).all())
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self.scrape(Deadline(self._default_timeout))[0])
 
     def close(self, wait: bool = True) -> None:
         self._errors_pool.shutdown(wait=wait, cancel_futures=True)
@@ -267,10 +257,9 @@ class PolarityCollector(Collector):
         `deadline` is when to stop talking to Polarity (the scrape's own deadline less the time
         kept to encode the answer), reported as polarity_scrape_timeout_seconds.
         """
-        with cyclic_gc_paused():
-            result = self.fetch(deadline)
-            result.timeout = deadline.seconds  # as extended by scrapes that joined the fetch
-            return self.build(result), not result.deadline_hit
+        result = self.fetch(deadline)
+        result.timeout = deadline.seconds  # as extended by scrapes that joined the fetch
+        return self.build(result), not result.deadline_hit
 
     def fetch(self, deadline: Deadline) -> ScrapeResult:
         result = ScrapeResult(timeout=deadline.seconds)
@@ -337,55 +326,84 @@ class PolarityCollector(Collector):
                             extra={"collector": collector, "fields": fields})
 
     def build(self, result: ScrapeResult) -> list[Metric]:
-        return build_families(result, self._config)
+        return build_families(result, self._config, self._cache_ttl)
 
 
-def build_families(result: ScrapeResult, config: CollectorConfig) -> list[Metric]:
-    """The scrape's metric families, in one pass over its integrations, then the orphan ids.
+def build_families(result: ScrapeResult, config: CollectorConfig,
+                   cache_ttl: float = 0.0) -> list[Metric]:
+    """The scrape's metric families (metrics.CATALOGUE), in one pass over its integrations,
+    then the orphan ids.
 
     This runs on every scrape over up to ~100k samples, so samples are appended directly as
     prometheus_client `Sample`s (`add_metric` would zip a label list into a new dict for every
     sample), and the samples of one integration share their label dicts. The encoders only read
-    labels, never change them. Every label value was cleaned before (unique_labels, ErrorSummary).
+    labels, never change them. Every label value was cleaned before (unique_labels, ErrorSummary)
+    or is cleaned here.
     """
     clean = LabelCleaner(config.max_label_length)
-    families = _Families(config.max_codes)
-    _sample(families.up, {}, 1.0 if result.up else 0.0)
-    _sample(families.duration, {}, result.duration)
-    _sample(families.timeout, {}, result.timeout)
-    _sample(families.success, {"collector": "integrations"},
-            1.0 if result.listing is not None else 0.0)
-    _sample(families.success, {"collector": "errors"}, 1.0 if result.errors is not None else 0.0)
+    families = _Families(cache_ttl)
+    sample = families.sample
+    sample(metrics.UP, {}, 1.0 if result.up else 0.0)
+    sample(metrics.SCRAPE_DURATION, {}, result.duration)
+    sample(metrics.SCRAPE_TIMEOUT, {}, result.timeout)
+    sample(metrics.COLLECTOR_SUCCESS, {"collector": "integrations"},
+           1.0 if result.listing is not None else 0.0)
+    sample(metrics.COLLECTOR_SUCCESS, {"collector": "errors"},
+           1.0 if result.errors is not None else 0.0)
     if result.listing is not None:
-        _sample(families.listing_complete, {}, 1.0 if result.listing.complete else 0.0)
+        sample(metrics.LISTING_COMPLETE, {}, 1.0 if result.listing.complete else 0.0)
     for collector, problems in result.problems.items():
         for name, count in sorted(problems.items()):
-            _sample(families.unreadable, {"collector": collector, "field": name}, float(count))
+            sample(metrics.UNREADABLE_FIELDS, {"collector": collector, "field": name},
+                   float(count))
+    sample(metrics.BUILD_INFO, {"version": __version__}, 1.0)
     errors = _ErrorSamples(families, result.errors, config) \
         if result.errors is not None else None
-    info, status, running = families.info, families.status, families.running
+    listed = [(spec.per_integration, families[spec]) for spec in metrics.CATALOGUE
+              if spec.per_integration is not None]
     for label, integration in (result.integrations or {}).items():
         by_id = {"integration_id": label}
-        info.samples.append(Sample(info.name, {
-            "integration_id": label, "name": clean(integration.name),
-            "acronym": clean(integration.acronym), "version": clean(integration.version)}, 1.0))
-        status.samples.append(Sample(
-            status.name, {"integration_id": label, "status": clean(integration.status)}, 1.0))
-        running.samples.append(Sample(running.name, by_id,
-                                      1.0 if integration.status == "running" else 0.0))
+        for read, family in listed:
+            found = read(integration)
+            if found is None:
+                continue
+            more, value = found
+            labels = by_id if not more else \
+                {"integration_id": label, **{k: clean(v) for k, v in more.items()}}
+            family.samples.append(Sample(family.name, labels, value))
         if errors is not None:
             errors.add(label, by_id)
         elif integration.error_refs is not None:
             # The errors endpoint failed (403 for ordinary accounts): fall back to the error ids
             # each integration carries in its relationships.
-            _sample(families.errors, by_id, float(integration.error_refs))
+            sample(metrics.INTEGRATION_ERRORS, by_id, float(integration.error_refs))
     if errors is not None:
         errors.add_orphans()
     return families.all()
 
 
-def _sample(family: Metric, labels: dict[str, str], value: float) -> None:
-    family.samples.append(Sample(family.name, labels, value))
+class _Families:
+    """The families of one scrape, fresh and empty, one per catalogue entry."""
+
+    def __init__(self, cache_ttl: float = 0.0) -> None:
+        self._by_spec: dict[metrics.Family, Metric] = {}
+        for spec in metrics.CATALOGUE:
+            if spec is metrics.RESULT_AGE:
+                continue  # added by the shared scrape to the answers it serves from a cache
+            if spec is metrics.UP and cache_ttl > 0:
+                self._by_spec[spec] = metrics.UP_CACHED.new(ttl=f"{cache_ttl:g}")
+            else:
+                self._by_spec[spec] = spec.new()
+
+    def __getitem__(self, spec: metrics.Family) -> Metric:
+        return self._by_spec[spec]
+
+    def sample(self, spec: metrics.Family, labels: dict[str, str], value: float) -> None:
+        family = self._by_spec[spec]
+        family.samples.append(Sample(spec.name, labels, value))
+
+    def all(self) -> list[Metric]:
+        return list(self._by_spec.values())
 
 
 class _ErrorSamples:
@@ -408,7 +426,8 @@ class _ErrorSamples:
         self._add_entry(entry, by_id)
 
     def _add_entry(self, entry: IntegrationErrors, by_id: dict[str, str]) -> None:
-        errors, users = self._families.errors, self._families.affected_users
+        errors = self._families[metrics.INTEGRATION_ERRORS]
+        users = self._families[metrics.ERROR_AFFECTED_USERS]
         errors.samples.append(Sample(errors.name, by_id, float(entry.records)))
         users.samples.append(Sample(users.name, by_id, float(len(entry.users))))
         codes = entry.codes
@@ -416,12 +435,14 @@ class _ErrorSamples:
         if len(codes) > self._max_codes:
             codes, folded = capped_codes(codes, self._max_codes)
             self._folded += folded
-        occurrences, last = self._families.occurrences, self._families.last_occurrence
+        occurrences = self._families[metrics.ERROR_OCCURRENCES]
+        last = self._families[metrics.ERROR_LAST_OCCURRENCE]
         label = by_id["integration_id"]
         for code, stats in codes.items():
             by_code = {"integration_id": label, "code": code}
             if stats.has_count:
-                occurrences.samples.append(Sample(occurrences.name, by_code, stats.occurrences))
+                occurrences.samples.append(Sample(metrics.ERROR_OCCURRENCES.name, by_code,
+                                                  stats.occurrences))
             if stats.last_seen is not None:
                 last.samples.append(Sample(last.name, by_code, stats.last_seen))
 
@@ -452,11 +473,11 @@ class _ErrorSamples:
             orphans = kept
         for label, entry in orphans:
             self._add_entry(entry, {"integration_id": label})
-        _sample(self._families.orphans_folded, {}, float(folded))
-        _sample(self._families.folded, {}, float(self._folded))
+        self._families.sample(metrics.ORPHAN_IDS_FOLDED, {}, float(folded))
+        self._families.sample(metrics.ERROR_CODES_FOLDED, {}, float(self._folded))
 
 
-OTHER_ID = "other"
+OTHER_ID = metrics.OTHER
 
 
 def _merge_into(target: IntegrationErrors, entry: IntegrationErrors) -> None:
@@ -467,61 +488,3 @@ def _merge_into(target: IntegrationErrors, entry: IntegrationErrors) -> None:
         if mine is None:
             target.codes[code] = mine = CodeStats()
         mine.merge(stats)
-
-
-class _Families:
-    """The families of one scrape; their names, help and labels are the public interface."""
-
-    def __init__(self, max_codes: int) -> None:
-        self.up = _gauge("polarity_up", "1 if this scrape authenticated with Polarity and "
-                         "listed all its integrations, else 0.")
-        self.duration = _gauge("polarity_scrape_duration_seconds",
-                               "Time this scrape spent talking to Polarity.")
-        self.timeout = _gauge(
-            "polarity_scrape_timeout_seconds",
-            "Deadline this scrape had: Prometheus' scrape timeout less --web.timeout-offset, "
-            "or --polarity.timeout when Prometheus sent none.")
-        self.success = _gauge("polarity_scrape_collector_success",
-                              "1 if this part of the scrape succeeded, else 0.", ["collector"])
-        self.listing_complete = _gauge(
-            "polarity_scrape_listing_complete",
-            "1 if the paged integration listing added up to the total Polarity announced.")
-        self.unreadable = _gauge(
-            "polarity_scrape_unreadable_fields",
-            "Fields of Polarity records that could not be read in this scrape.",
-            ["collector", "field"])
-        self.orphans_folded = _gauge(
-            "polarity_scrape_orphan_ids_folded",
-            "Integration ids named only by error records (not in the listing) that were folded "
-            f"into integration_id=\"{OTHER_ID}\" in this scrape (--collector.max-orphan-ids).")
-        self.folded = _gauge(
-            "polarity_scrape_error_codes_folded",
-            f"Distinct error codes folded into code=\"{OTHER_CODE}\" in this scrape, because an "
-            f"integration had more than {max_codes}.")
-        self.info = _gauge("polarity_integration_info", "Polarity integration metadata.",
-                           ["integration_id", "name", "acronym", "version"])
-        self.status = _gauge("polarity_integration_status",
-                             "Raw status of the integration, as reported by Polarity.",
-                             ["integration_id", "status"])
-        self.running = _gauge("polarity_integration_running",
-                              "1 if the integration's status is running, else 0.",
-                              ["integration_id"])
-        self.errors = _gauge("polarity_integration_errors",
-                             "Number of error records of the integration.", ["integration_id"])
-        self.occurrences = _gauge(
-            "polarity_integration_error_occurrences",
-            "Sum of error-count over the integration's error records with this code.",
-            ["integration_id", "code"])
-        self.last_occurrence = _gauge(
-            "polarity_integration_error_last_occurrence_timestamp_seconds",
-            "Newest occurred-on of the integration's errors with this code, as Unix time.",
-            ["integration_id", "code"])
-        self.affected_users = _gauge(
-            "polarity_integration_error_affected_users",
-            "Distinct users affected by the integration's errors.", ["integration_id"])
-        self.build_info = _gauge("polarity_exporter_build_info",
-                                 "The exporter's version; always 1.", ["version"])
-        self.build_info.add_metric([__version__], 1.0)
-
-    def all(self) -> list[Metric]:
-        return list(vars(self).values())

@@ -56,7 +56,9 @@ class CollectorConfig:
 
 
 @dataclass(frozen=True)
-class WebConfig:
+class ServerConfig:
+    """The exporter's own HTTP endpoint (the TLS and auth file's content is in `security`)."""
+
     host: str = ""
     port: int = DEFAULT_PORT
     telemetry_path: str = "/metrics"
@@ -69,7 +71,7 @@ class WebConfig:
 class Config:
     polarity: PolarityConfig
     collector: CollectorConfig = CollectorConfig()
-    web: WebConfig = WebConfig()
+    web: ServerConfig = ServerConfig()
     cache_ttl: float = 0.0  # seconds a finished scrape's result may be reused; 0: never
 
 

@@ -66,7 +66,7 @@ def build_exporter(config: Config) -> Exporter:
         log.warning("TLS certificate verification of Polarity is disabled",
                     extra={"server": polarity.url})
     client = PolarityClient(polarity)
-    collector = PolarityCollector(client, config.collector, polarity.timeout)
+    collector = PolarityCollector(client, config.collector, config.cache_ttl)
     process = ProcessCollector(registry=None)
     # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
     shared = SharedScrape(collector.scrape, ttl=config.cache_ttl, max_lifetime=polarity.timeout,
@@ -111,7 +111,7 @@ def run(config: Config) -> None:
     log.info("listening", extra={"address": f"{config.web.host}:{exporter.port}",
                                  "metrics": url, "version": __version__,
                                  "tls": exporter.scheme == "https",
-                                 "basic_auth": bool(security and security.basic_auth),
+                                 "basic_auth": bool(security and security.basic_auth_users),
                                  "cache_ttl": config.cache_ttl})
     click.echo(f"polarity-exporter {__version__}: metrics at {url}")
     stop.wait()

@@ -15,8 +15,8 @@ built and sent (`encode_reserve`); a request whose time runs out gets a truthful
 With `--cache.ttl` above 0 a finished result is also reused for that many seconds, for HA pairs
 that scrape a few seconds apart, unless the fetch ran out of time (that result speaks of the
 deadline, not of Polarity). The Prometheus guidelines ask that a cached result says so: the HELP
-of `polarity_up` then states the TTL, and `polarity_scrape_result_age_seconds` tells how old the
-served result is.
+of `polarity_up` then states the TTL (the collector builds it so), and
+`polarity_scrape_result_age_seconds` tells how old the served result is.
 
     idle --request--> in flight --fetch done--> (cached for ttl) --> idle
                          ^  |  more requests join: deadline extended
@@ -32,8 +32,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from polarity_exporter import metrics
 from polarity_exporter.deadline import Deadline
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,6 @@ class SharedScrape:
     def _run(self, flight: _Flight) -> None:
         try:
             families, reusable = self._fetch(flight.deadline)
-            if self._ttl > 0 and reusable:
-                _mark_cached(families, self._ttl)
             flight.families, flight.reusable = families, reusable
         except BaseException as exc:  # a bug: fail the waiting scrapes, not the thread
             flight.failed = True
@@ -151,11 +150,8 @@ class SharedScrape:
         assert flight.families is not None
         if self._ttl <= 0:
             return flight.families
-        age = GaugeMetricFamily(
-            "polarity_scrape_result_age_seconds",
-            f"Seconds since this result was fetched from Polarity (reused for up to "
-            f"{self._ttl:g}s, --cache.ttl).")
-        age.add_metric([], max(0.0, self._clock() - flight.finished))
+        age = metrics.RESULT_AGE.new(ttl=f"{self._ttl:g}")
+        age.add_sample(age.name, {}, max(0.0, self._clock() - flight.finished))
         return [*flight.families, age]
 
     def close(self, wait: bool = True) -> None:
@@ -163,9 +159,3 @@ class SharedScrape:
         deadline) ends."""
         self._runner.shutdown(wait=wait, cancel_futures=True)
 
-
-def _mark_cached(families: list[Metric], ttl: float) -> None:
-    # Families are built fresh for every fetch, so amending this list's HELP is safe.
-    for family in families:
-        if family.name == "polarity_up":
-            family.documentation += f" Results may be up to {ttl:g}s old (--cache.ttl)."

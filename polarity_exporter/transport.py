@@ -355,9 +355,6 @@ class Transport:
         # CURL_CA_BUNDLE in the environment override a session's verify, which would silently
         # replace --polarity.ca-file and re-enable verification under --insecure-skip-verify.
         self._verify: str | bool = config.ca_file or not config.insecure_skip_verify
-        if config.insecure_skip_verify:
-            # Warned about once at start-up (exporter.py) instead of once per request.
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         adapter = _GuardedAdapter(pool_connections=1, pool_maxsize=config.max_concurrency + 2)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)

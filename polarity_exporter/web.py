@@ -25,7 +25,7 @@ from polarity_exporter.exposition import choose
 from polarity_exporter.httpserver import BoundedServer, listen, one_line_error
 
 if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
-    from polarity_exporter.webconfig import WebSecurity
+    from polarity_exporter.webconfig import BasicAuth, WebSecurity
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,13 @@ class ExporterApp:
         self._encoded = encoded  # told how long each answer took to encode
         self._after_scrape = after_scrape
         self._security = security
+        # Built here, not in the configuration: it keeps a lock and a cache of checked
+        # credentials, state that belongs to the running endpoint.
+        self._basic_auth: BasicAuth | None = None
+        if security is not None and security.basic_auth_users:
+            from polarity_exporter.webconfig import BasicAuth  # needs bcrypt: only when asked
+
+            self._basic_auth = BasicAuth(security.basic_auth_users)
         self._path = telemetry_path
         self._default_timeout = default_timeout
         self._offset = timeout_offset
@@ -128,7 +135,7 @@ class ExporterApp:
         def respond(status: str, response_headers: list[tuple[str, str]]) -> Any:
             return start_response(status, [*response_headers, *headers])
 
-        auth = security.basic_auth
+        auth = self._basic_auth
         if auth is not None and path not in PROBES \
                 and not auth.check(environ.get("HTTP_AUTHORIZATION")):
             return _reply(respond, "401 Unauthorized", b"Unauthorized\n",

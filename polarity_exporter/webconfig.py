@@ -128,10 +128,11 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
 
 @dataclass(frozen=True)
 class WebSecurity:
-    """What the exporter's own endpoint enforces."""
+    """What the exporter's own endpoint enforces, as plain data; the web app builds its
+    BasicAuth (with its lock and cache of checked credentials) from `basic_auth_users`."""
 
     tls: TLSSettings | None = None
-    basic_auth: BasicAuth | None = None
+    basic_auth_users: dict[str, bytes] = field(default_factory=dict, repr=False)
     headers: dict[str, str] = field(default_factory=dict)
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -195,7 +196,7 @@ def _parse(document: Any, base: Path) -> WebSecurity:
         raise ConfigError("http_server_config.http2 must be true or false")
     headers = _parse_headers(_mapping(http.get("headers"), "http_server_config.headers"))
     users = _parse_users(_mapping(top.get("basic_auth_users"), "basic_auth_users"))
-    return WebSecurity(tls=tls, basic_auth=BasicAuth(users) if users else None, headers=headers)
+    return WebSecurity(tls=tls, basic_auth_users=users, headers=headers)
 
 
 def _parse_tls(section: dict[str, Any], base: Path) -> TLSSettings | None:

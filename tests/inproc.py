@@ -27,7 +27,7 @@ from polarity_exporter.config import (
     Credentials,
     Password,
     PolarityConfig,
-    WebConfig,
+    ServerConfig,
 )
 from polarity_exporter.exporter import Exporter, build_exporter
 from polarity_exporter.logs import LogfmtFormatter
@@ -115,7 +115,7 @@ def running_exporter(url: str, credentials: Credentials, *, timeout: float = 3.0
                                 insecure_skip_verify=insecure, timeout=timeout,
                                 page_size=page_size, max_concurrency=max_concurrency),
         collector=CollectorConfig(),
-        web=WebConfig(host="127.0.0.1", port=0, timeout_offset=offset, security=security),
+        web=ServerConfig(host="127.0.0.1", port=0, timeout_offset=offset, security=security),
         cache_ttl=cache_ttl,
     )
     exporter = build_exporter(config)

@@ -40,7 +40,7 @@ def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
 
 
 def clean(text: str, max_length: int = 128) -> str:
-    text = re.sub(r"[\x00-\x1f\x7f-\x9f]", "\ufffd", text)
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", text)
     return text if len(text) <= max_length else text[: max_length - 1] + "\u2026"
 
 

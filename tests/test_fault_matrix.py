@@ -42,7 +42,7 @@ DEPTH = 50_000
 HTML = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
 INTEGRATION_FAMILIES = ("polarity_integration_info", "polarity_integration_status",
                         "polarity_integration_running")
-ERROR_FAMILIES = ("polarity_integration_error_occurrences",
+ERROR_FAMILIES = ("polarity_integration_error_occurrences_total",
                   "polarity_integration_error_affected_users")
 
 

