@@ -19,15 +19,28 @@ from typing import Any
 
 import pytest
 import requests
+from inproc import Running, running_exporter
 
+from polarity_exporter.config import Password
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-# Credentials of the simulator's default account, used across the tests.
+# Credentials of the simulator's default account, used across the tests: as the exporter's
+# config (in-process exporters) and as its environment (exporter processes).
 SIM_USER = "exporter"
 SIM_PASSWORD = "correct horse battery staple"
+CREDS = Password(SIM_USER, SIM_PASSWORD)
+PASSWORD_ENV = {"POLARITY_USERNAME": SIM_USER, "POLARITY_PASSWORD": SIM_PASSWORD}
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any POLARITY_* setting of the caller's, plus
+    `extra`: an exporter started by a test sees only what the test gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
+    env.update(extra or {})
+    return env
 
 
 def require_tool(name: str) -> str:
@@ -76,17 +89,25 @@ def wait_until_ready(url: str, proc: subprocess.Popen[str] | None = None,
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    """A small, seeded simulator with one password account."""
-    sim = Simulator(
-        SimulatorConfig(seed=7, integrations=25, errors=80, users={SIM_USER: SIM_PASSWORD})
-    )
-    sim.start()
-    try:
+def _simulator() -> Iterator[Simulator]:
+    """A small, seeded simulator (SimulatorConfig's defaults) with one password account."""
+    with Simulator(SimulatorConfig(users={SIM_USER: SIM_PASSWORD})) as sim:
         yield sim
-    finally:
-        sim.stop()
+
+
+# One simulator per test, under two names: `simulator` in the process tests, `sim` in the
+# in-process ones.
+simulator = pytest.fixture(_simulator, name="simulator")
+sim = pytest.fixture(_simulator, name="sim")
+# One per module, for modules whose tests only read the same dataset.
+module_simulator = pytest.fixture(_simulator, name="module_simulator", scope="module")
+
+
+@pytest.fixture
+def exp(sim: Simulator) -> Iterator[Running]:
+    """An exporter served in this process (tests/inproc.py), scraping `sim`."""
+    with running_exporter(sim.url, CREDS) as running:
+        yield running
 
 
 @dataclass
@@ -108,29 +129,46 @@ class ExporterProcess:
         return stop_process(self.proc)
 
 
-@pytest.fixture
-def start_exporter(tmp_path: Path) -> Iterator[object]:
-    """Factory: start_exporter(*flags, env={...}) -> ExporterProcess, ready to scrape."""
-    started: list[ExporterProcess] = []
+class ExporterLauncher:
+    """Starts `python -m polarity_exporter` processes, each ready to scrape, and stops them."""
 
-    def start(*flags: str, env: dict[str, str] | None = None,
-              ready: bool = True) -> ExporterProcess:
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._started: list[ExporterProcess] = []
+
+    def __call__(self, *flags: str, env: dict[str, str] | None = None,
+                 ready: bool = True) -> ExporterProcess:
         port = free_port()
-        log_path = tmp_path / f"exporter-{port}.log"
+        log_path = self._directory / f"exporter-{port}.log"
         args = [sys.executable, "-m", "polarity_exporter",
                 f"--web.listen-address=127.0.0.1:{port}", *flags]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
-        full_env.update(env or {})
         with log_path.open("w") as log_file:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
-                                    env=full_env, text=True)
+                                    env=clean_env(env), text=True)
         exp = ExporterProcess(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path,
                               args=args)
-        started.append(exp)
+        self._started.append(exp)
         if ready:
             wait_until_ready(f"{exp.url}/-/ready", proc)
         return exp
 
-    yield start
-    for exp in started:
-        exp.stop()
+    def stop_all(self) -> None:
+        for exp in self._started:
+            exp.stop()
+
+
+@pytest.fixture
+def start_exporter(tmp_path: Path) -> Iterator[ExporterLauncher]:
+    """Factory: start_exporter(*flags, env={...}) -> ExporterProcess, ready to scrape."""
+    launcher = ExporterLauncher(tmp_path)
+    yield launcher
+    launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_exporter(module_simulator: Simulator,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExporterProcess]:
+    """One exporter process for a module, password login to `module_simulator`."""
+    launcher = ExporterLauncher(tmp_path_factory.mktemp("exporter"))
+    yield launcher(f"--polarity.url={module_simulator.url}", env=PASSWORD_ENV)
+    launcher.stop_all()

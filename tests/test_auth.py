@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import SIM_PASSWORD, SIM_USER
+from conftest import CREDS, PASSWORD_ENV, SIM_PASSWORD, SIM_USER
+from inproc import running_exporter
 from reference import by_label, labels, scrape
 
 from polarity_exporter.simulator import Simulator, SimulatorConfig
@@ -14,7 +15,6 @@ from polarity_exporter.simulator import Simulator, SimulatorConfig
 LOGIN = ("POST", "/api/users/login")
 REFRESH = ("GET", "/api/users/refresh")
 LOGOUT = ("POST", "/api/users/logout")
-PASSWORD_ENV = {"POLARITY_USERNAME": SIM_USER, "POLARITY_PASSWORD": SIM_PASSWORD}
 
 
 def test_token_is_reused_across_scrapes(simulator: Simulator, start_exporter: Any) -> None:
@@ -36,16 +36,19 @@ def test_revoked_token_causes_exactly_one_relogin(simulator: Simulator,
     assert simulator.counts[LOGIN] == 2
 
 
-def test_token_is_refreshed_before_it_expires(start_exporter: Any) -> None:
-    config = SimulatorConfig(seed=2, integrations=5, errors=5, token_lifetime=4,
+def test_token_is_refreshed_before_it_expires() -> None:
+    # The exporter's clock is moved, not waited for: the token lives an hour, and the exporter
+    # refreshes it a minute before it expires.
+    config = SimulatorConfig(seed=2, integrations=5, errors=5, token_lifetime=3600,
                              users={SIM_USER: SIM_PASSWORD})
-    with Simulator(config) as sim:
-        exp = start_exporter(f"--polarity.url={sim.url}", env=PASSWORD_ENV)
-        scrape(f"{exp.url}/metrics")
-        # The token lives 3-4 s; the exporter refreshes in its second half, before expiry.
-        time.sleep(2.2)
-        samples = scrape(f"{exp.url}/metrics")
-        assert samples["polarity_up"][labels()] == 1
+    with Simulator(config) as sim, running_exporter(sim.url, CREDS) as exp:
+        auth = exp.exporter.client.auth
+        assert exp.scrape().up == 1
+        auth.clock = lambda: time.time() + 3600 - 120  # two minutes left: no refresh yet
+        assert exp.scrape().up == 1
+        assert sim.counts[REFRESH] == 0
+        auth.clock = lambda: time.time() + 3600 - 30  # inside the last minute
+        assert exp.scrape().up == 1
         assert sim.counts[REFRESH] == 1
         assert sim.counts[LOGIN] == 1
 

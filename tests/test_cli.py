@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import clean_env
 
 from polarity_exporter import __version__
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
             python_flags: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
     return subprocess.run([sys.executable, *(python_flags or []), "-m", "polarity_exporter",
-                           *args], text=True,
-                          capture_output=True, timeout=30, env={**base, **(env or {})})
+                           *args], text=True, capture_output=True, timeout=30,
+                          env=clean_env(env))
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

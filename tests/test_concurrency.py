@@ -12,15 +12,14 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import SIM_PASSWORD, SIM_USER
-from inproc import Scrape, password, running_exporter
+from conftest import CREDS, SIM_PASSWORD, SIM_USER
+from inproc import Scrape, running_exporter
 from reference import parse
 
 from polarity_exporter.client import Deadline, PolarityClient
 from polarity_exporter.config import PolarityConfig
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
-CREDS = password(SIM_USER, SIM_PASSWORD)
 LIST = ("GET", "/api/integrations")
 ERRORS = ("GET", "/api/integrations/errors")
 LOGIN = ("POST", "/api/users/login")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
 import signal
 import socket
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,16 +23,23 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from conftest import SIM_PASSWORD, SIM_USER, free_port, require_tool, wait_until_ready
-from inproc import Certs, make_certs, password, running_exporter
+from conftest import (
+    CREDS,
+    PASSWORD_ENV,
+    SIM_PASSWORD,
+    SIM_USER,
+    clean_env,
+    free_port,
+    require_tool,
+    wait_until_ready,
+)
+from inproc import Certs, make_certs, running_exporter
 from test_cli import assert_one_line_error, run_cli
 
 from polarity_exporter.simulator import Request, Response, Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
 from polarity_exporter.webconfig import load_web_config
 
-CREDS = password(SIM_USER, SIM_PASSWORD)
-PASSWORD_ENV = {"POLARITY_USERNAME": SIM_USER, "POLARITY_PASSWORD": SIM_PASSWORD}
 GRACE = 3.0
 LOGOUT = ("POST", "/api/users/logout")
 LIST = ("GET", "/api/integrations")
@@ -45,22 +50,15 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(require_tool("openssl"), tmp_path_factory.mktemp("certs"))
 
 
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(users={SIM_USER: SIM_PASSWORD})) as simulator:
-        yield simulator
-
-
 def start(sim: Simulator, tmp_path: Path, *flags: str) -> tuple[subprocess.Popen[str], str, Path]:
     port = free_port()
     log_path = tmp_path / f"exporter-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "polarity_exporter", f"--polarity.url={sim.url}",
              f"--web.listen-address=127.0.0.1:{port}", f"--web.shutdown-timeout={GRACE}",
              *flags], stdout=log_file, stderr=subprocess.STDOUT, text=True,
-            env={**env, **PASSWORD_ENV})
+            env=clean_env(PASSWORD_ENV))
     return proc, f"127.0.0.1:{port}", log_path
 
 
@@ -300,11 +298,10 @@ def test_6_a_world_readable_password_file_and_plain_http_are_warned_about(
     secret.write_text(SIM_PASSWORD)
     secret.chmod(0o644)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "polarity_exporter", "--polarity.url=http://polarity.invalid",
          f"--polarity.username={SIM_USER}", f"--polarity.password-file={secret}",
-         f"--web.listen-address=127.0.0.1:{port}"], env=env, text=True,
+         f"--web.listen-address=127.0.0.1:{port}"], env=clean_env(), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_until_ready(f"http://127.0.0.1:{port}/-/ready", proc)

@@ -26,14 +26,13 @@ from dataclasses import dataclass
 
 import pytest
 import requests
-from conftest import SIM_PASSWORD, SIM_USER
-from inproc import Running, Scrape, password, running_exporter
+from conftest import CREDS, SIM_PASSWORD, SIM_USER
+from inproc import Running, Scrape, running_exporter
 
 from polarity_exporter.simulator import Request, Response, Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
 from polarity_exporter.simulator.server import FaultHook
 
-CREDS = password(SIM_USER, SIM_PASSWORD)
 SCRAPE_TIMEOUT = 1.5  # announced; the scrape's deadline is 1.0 s, its fetch's 0.8 s
 POLARITY_TIMEOUT = 2.0  # --polarity.timeout: the idle limit, and logout's deadline
 PAGE_SIZE = 5  # 25 integrations: 5 pages, so that "later pages" exist

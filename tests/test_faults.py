@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import SIM_PASSWORD, SIM_USER, free_port, require_tool
+from conftest import CREDS, SIM_PASSWORD, SIM_USER, free_port, require_tool
 from inproc import Certs, Running, Scrape, api_key, make_certs, password, running_exporter
 from reference import clean, expected_errors
 
@@ -25,25 +25,11 @@ from polarity_exporter.simulator import Request, Response, Simulator, SimulatorC
 from polarity_exporter.simulator import faults as F
 
 SCRAPE_TIMEOUT = 2.0  # what Prometheus announces; the exporter's deadline is 0.5 s less
-CREDS = password(SIM_USER, SIM_PASSWORD)
 INTEGRATION_FAMILIES = ("polarity_integration_info", "polarity_integration_status",
                         "polarity_integration_running")
 ERROR_FAMILIES = ("polarity_integration_error_occurrences_total",
                   "polarity_integration_error_last_occurrence_timestamp_seconds",
                   "polarity_integration_error_affected_users")
-
-
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(seed=7, integrations=25, errors=80,
-                                   users={SIM_USER: SIM_PASSWORD})) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-def exp(sim: Simulator) -> Iterator[Running]:
-    with running_exporter(sim.url, CREDS) as running:
-        yield running
 
 
 def integrations_listed(sim: Simulator) -> int:

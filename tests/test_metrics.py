@@ -5,23 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import SIM_PASSWORD, SIM_USER, ExporterProcess
+from conftest import PASSWORD_ENV, SIM_PASSWORD, SIM_USER, ExporterProcess
 from reference import Samples, by_label, clean, expected_errors, labels, scrape
 
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
-PASSWORD_ENV = {"POLARITY_USERNAME": SIM_USER, "POLARITY_PASSWORD": SIM_PASSWORD}
+# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_metrics")
 
 
-@pytest.fixture
-def exporter(simulator: Simulator, start_exporter: Any) -> ExporterProcess:
-    exp: ExporterProcess = start_exporter(f"--polarity.url={simulator.url}", env=PASSWORD_ENV)
-    return exp
-
-
-@pytest.fixture
-def samples(exporter: ExporterProcess) -> Samples:
-    return scrape(f"{exporter.url}/metrics")
+@pytest.fixture(scope="module")
+def samples(module_exporter: ExporterProcess) -> Samples:
+    """One scrape of one exporter serves every test that reads the same dataset."""
+    return scrape(f"{module_exporter.url}/metrics")
 
 
 def attrs(item: dict[str, Any]) -> dict[str, Any]:
@@ -41,64 +37,68 @@ def test_scrape_duration_is_measured(samples: Samples) -> None:
     assert 0 < samples["polarity_scrape_duration_seconds"][labels()] < 10
 
 
-def test_info_carries_name_acronym_and_version(simulator: Simulator, samples: Samples) -> None:
+def test_info_carries_name_acronym_and_version(module_simulator: Simulator,
+                                               samples: Samples) -> None:
     expected = {
         labels(integration_id=item["id"], name=clean(attrs(item).get("name", "")),
                acronym=clean(attrs(item).get("acronym", "")),
                version=clean(attrs(item).get("version") or "")): 1.0
-        for item in simulator.dataset.integrations
+        for item in module_simulator.dataset.integrations
     }
     assert samples["polarity_integration_info"] == expected
 
 
-def test_an_integration_without_version_gets_an_empty_label(simulator: Simulator,
+def test_an_integration_without_version_gets_an_empty_label(module_simulator: Simulator,
                                                             samples: Samples) -> None:
-    missing = [i["id"] for i in simulator.dataset.integrations if "version" not in attrs(i)]
+    missing = [i["id"] for i in module_simulator.dataset.integrations if "version" not in attrs(i)]
     assert missing, "the dataset should have integrations without a version"
     exported = {dict(k)["integration_id"]: dict(k)["version"]
                 for k in samples["polarity_integration_info"]}
     assert all(exported[i] == "" for i in missing)
 
 
-def test_status_is_the_raw_string(simulator: Simulator, samples: Samples) -> None:
+def test_status_is_the_raw_string(module_simulator: Simulator, samples: Samples) -> None:
     expected = {labels(integration_id=i["id"], status=str(attrs(i)["status"])): 1.0
-                for i in simulator.dataset.integrations}
+                for i in module_simulator.dataset.integrations}
     assert samples["polarity_integration_status"] == expected
 
 
-def test_running_flag_follows_status(simulator: Simulator, samples: Samples) -> None:
+def test_running_flag_follows_status(module_simulator: Simulator, samples: Samples) -> None:
     expected = {i["id"]: float(attrs(i)["status"] == "running")
-                for i in simulator.dataset.integrations}
+                for i in module_simulator.dataset.integrations}
     assert by_label(samples, "polarity_integration_running", "integration_id") == expected
     assert 0 < sum(expected.values()) < len(expected), "dataset should mix statuses"
 
 
-def test_error_record_counts_include_zeros_and_orphans(simulator: Simulator,
+def test_error_record_counts_include_zeros_and_orphans(module_simulator: Simulator,
                                                        samples: Samples) -> None:
-    records = expected_errors(simulator.dataset.errors)["records"]
-    expected = {i: float(records.get(i, 0)) for i in simulator.dataset.integration_ids}
-    expected.update({i: float(records[i]) for i in simulator.dataset.orphan_integration_ids})
+    records = expected_errors(module_simulator.dataset.errors)["records"]
+    expected = {i: float(records.get(i, 0)) for i in module_simulator.dataset.integration_ids}
+    expected.update({i: float(records[i]) for i in module_simulator.dataset.orphan_integration_ids})
     assert by_label(samples, "polarity_integration_errors", "integration_id") == expected
     assert 0.0 in expected.values()
 
 
-def test_orphan_errors_are_reported_under_their_id(simulator: Simulator, samples: Samples) -> None:
-    orphans = simulator.dataset.orphan_integration_ids
+def test_orphan_errors_are_reported_under_their_id(module_simulator: Simulator,
+                                                   samples: Samples) -> None:
+    orphans = module_simulator.dataset.orphan_integration_ids
     assert orphans, "the dataset should have errors of unlisted integrations"
     exported = {dict(k)["integration_id"]
                 for k in samples["polarity_integration_error_occurrences_total"]}
     assert orphans <= exported
 
 
-def test_occurrences_sum_error_count_per_code(simulator: Simulator, samples: Samples) -> None:
-    codes = expected_errors(simulator.dataset.errors)["codes"]
+def test_occurrences_sum_error_count_per_code(module_simulator: Simulator,
+                                              samples: Samples) -> None:
+    codes = expected_errors(module_simulator.dataset.errors)["codes"]
     expected = {labels(integration_id=i, code=c): v[0]
                 for i, per_code in codes.items() for c, v in per_code.items()}
     assert samples["polarity_integration_error_occurrences_total"] == expected
 
 
-def test_last_occurrence_is_the_newest_occurred_on(simulator: Simulator, samples: Samples) -> None:
-    codes = expected_errors(simulator.dataset.errors)["codes"]
+def test_last_occurrence_is_the_newest_occurred_on(module_simulator: Simulator,
+                                                   samples: Samples) -> None:
+    codes = expected_errors(module_simulator.dataset.errors)["codes"]
     expected = {labels(integration_id=i, code=c): v[1]
                 for i, per_code in codes.items() for c, v in per_code.items()}
     exported = samples["polarity_integration_error_last_occurrence_timestamp_seconds"]
@@ -107,7 +107,8 @@ def test_last_occurrence_is_the_newest_occurred_on(simulator: Simulator, samples
         assert exported[key] == pytest.approx(value, abs=1e-3)
 
 
-def test_codes_beyond_the_cap_fold_into_other(simulator: Simulator, samples: Samples) -> None:
+def test_codes_beyond_the_cap_fold_into_other(module_simulator: Simulator,
+                                              samples: Samples) -> None:
     per_integration: dict[str, set[str]] = {}
     for key in samples["polarity_integration_error_occurrences_total"]:
         per_integration.setdefault(dict(key)["integration_id"], set()).add(dict(key)["code"])
@@ -116,10 +117,10 @@ def test_codes_beyond_the_cap_fold_into_other(simulator: Simulator, samples: Sam
         "the dataset should have an integration with more than 20 codes"
 
 
-def test_affected_users_are_distinct_ids(simulator: Simulator, samples: Samples) -> None:
-    users = expected_errors(simulator.dataset.errors)["users"]
+def test_affected_users_are_distinct_ids(module_simulator: Simulator, samples: Samples) -> None:
+    users = expected_errors(module_simulator.dataset.errors)["users"]
     exported = by_label(samples, "polarity_integration_error_affected_users", "integration_id")
-    for integration_id in simulator.dataset.integration_ids:
+    for integration_id in module_simulator.dataset.integration_ids:
         assert exported[integration_id] == users.get(integration_id, 0)
     assert any(v > 0 for v in exported.values())
 
@@ -130,10 +131,10 @@ def test_build_info_names_the_version(samples: Samples) -> None:
     assert samples["polarity_exporter_build_info"] == {labels(version=__version__): 1.0}
 
 
-def test_no_sample_carries_a_timestamp(exporter: ExporterProcess) -> None:
+def test_no_sample_carries_a_timestamp(module_exporter: ExporterProcess) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = [s for f in text_string_to_metric_families(exporter.metrics().text)
+    samples = [s for f in text_string_to_metric_families(module_exporter.metrics().text)
                for s in f.samples]
     assert samples
     assert [s for s in samples if s.timestamp is not None] == []

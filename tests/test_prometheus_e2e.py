@@ -13,7 +13,6 @@ here is stopped at the end.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -30,9 +29,11 @@ import pytest
 import requests
 import yaml
 from conftest import (
+    PASSWORD_ENV,
     REPO,
     SIM_PASSWORD,
     SIM_USER,
+    clean_env,
     free_port,
     require_tool,
     stop_process,
@@ -41,6 +42,9 @@ from conftest import (
 
 from polarity_exporter.scrapecache import encode_reserve
 from polarity_exporter.simulator import Simulator, SimulatorConfig
+
+# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_prometheus_e2e")
 
 DASHBOARDS = REPO / "grafana" / "dashboards"
 RULES = REPO / "prometheus" / "polarity-alerts.yml"
@@ -124,8 +128,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         exporter_port = free_port()
         exporter_address = f"127.0.0.1:{exporter_port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POLARITY_")}
-        env.update(POLARITY_USERNAME=SIM_USER, POLARITY_PASSWORD=SIM_PASSWORD)
+        env = clean_env(PASSWORD_ENV)
         exporter_log = (tmp / "exporter.log").open("wb")
         exporter = subprocess.Popen(
             [sys.executable, "-m", "polarity_exporter", f"--web.listen-address={exporter_address}",
@@ -621,8 +624,22 @@ QUERY_SOURCES = [*sorted(DASHBOARDS.glob("*.json")), RULES,
                  CHART_FILES / "polarity-alerts.yml"]
 
 
+def readme_examples() -> list[tuple[str, str]]:
+    """The README's "Example PromQL" block, one query per non-comment line."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("### Example PromQL", 1)[1].split("```promql", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    queries: list[str] = []
+    for line in lines:  # a line starting with a space continues the previous query
+        if line[0].isspace() and queries:
+            queries[-1] += " " + line.strip()
+        else:
+            queries.append(line)
+    return [("README.md: Example PromQL", query) for query in queries]
+
+
 def every_query() -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str]] = readme_examples()
     for path in QUERY_SOURCES:
         read = promql.rule_queries if path.suffix == ".yml" else promql.dashboard_queries
         found += [(f"{path.relative_to(REPO)}: {where}", promql.label_values_inner(expr))

@@ -11,12 +11,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import SIM_PASSWORD, SIM_USER
-from inproc import Running, password, running_exporter
+from conftest import CREDS, SIM_PASSWORD, SIM_USER
+from inproc import Running, running_exporter
 from reference import expected_errors
 
 from polarity_exporter.client import MAX_PAGE_BYTES, WHOLE_ERRORS_BYTES
@@ -24,20 +23,7 @@ from polarity_exporter.simulator import Request, Response, Simulator, SimulatorC
 from polarity_exporter.simulator import faults as F
 from polarity_exporter.transport import MAX_RETRY_AFTER
 
-CREDS = password(SIM_USER, SIM_PASSWORD)
 JSONAPI = {"Content-Type": "application/vnd.api+json"}
-
-
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(users={SIM_USER: SIM_PASSWORD})) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-def exp(sim: Simulator) -> Iterator[Running]:
-    with running_exporter(sim.url, CREDS) as running:
-        yield running
 
 
 def growth_mib(scrape: Any) -> float:

@@ -1,4 +1,4 @@
-"""The soak's short form: 1500 scrapes with faults on every other one (bench/soak.py).
+"""The soak's short form: 800 scrapes with faults on every other one (bench/soak.py).
 
 Bounds: every scrape answered with the polarity_up its fault calls for; after a 200-scrape
 warm-up, resident memory grows by at most 16 MiB and open file descriptors by at most 8.
@@ -25,7 +25,7 @@ def load_soak() -> ModuleType:
 
 def test_soak_answers_every_scrape_without_growing() -> None:
     soak = load_soak()
-    report = soak.soak(scrapes=1500, warmup=200, fault_every=2, max_rss_growth_mib=16,
+    report = soak.soak(scrapes=800, warmup=200, fault_every=2, max_rss_growth_mib=16,
                        max_fd_growth=8)
     assert report.answered == report.scrapes, report.as_json()
     assert report.wrong_up == 0, report.as_json()

@@ -8,19 +8,26 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import SIM_PASSWORD, SIM_USER, ExporterProcess, require_tool
+from conftest import PASSWORD_ENV, SIM_PASSWORD, SIM_USER, ExporterProcess, require_tool
 from reference import labels, parse, scrape
 
 from polarity_exporter import __version__
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
-PASSWORD_ENV = {"POLARITY_USERNAME": SIM_USER, "POLARITY_PASSWORD": SIM_PASSWORD}
+# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_web")
 
 
 @pytest.fixture
-def exporter(simulator: Simulator, start_exporter: Any) -> ExporterProcess:
-    exp: ExporterProcess = start_exporter(f"--polarity.url={simulator.url}", env=PASSWORD_ENV)
-    return exp
+def exporter(module_exporter: ExporterProcess) -> ExporterProcess:
+    """The module's exporter: these tests only read from it."""
+    return module_exporter
+
+
+@pytest.fixture
+def simulator(module_simulator: Simulator) -> Simulator:
+    """The simulator behind `exporter`."""
+    return module_simulator
 
 
 def test_landing_page_names_version_metrics_and_server(exporter: ExporterProcess,
@@ -77,9 +84,9 @@ def test_openmetrics_when_asked(exporter: ExporterProcess) -> None:
 
 
 def test_telemetry_path_is_configurable(simulator: Simulator, start_exporter: Any) -> None:
-    exp = start_exporter(f"--polarity.url={simulator.url}", "--web.telemetry-path=/probe",
+    exp = start_exporter(f"--polarity.url={simulator.url}", "--web.telemetry-path=/custom/metrics",
                          env=PASSWORD_ENV)
-    assert scrape(exp.url + "/probe")["polarity_up"][labels()] == 1
+    assert scrape(exp.url + "/custom/metrics")["polarity_up"][labels()] == 1
     assert requests.get(exp.url + "/metrics", timeout=10).status_code == 404
 
 

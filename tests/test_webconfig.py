@@ -17,15 +17,14 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from conftest import SIM_PASSWORD, SIM_USER, require_tool
-from inproc import Certs, Running, make_certs, password, running_exporter
+from conftest import CREDS, SIM_PASSWORD, SIM_USER, require_tool
+from inproc import Certs, Running, make_certs, running_exporter
 
 from polarity_exporter.config import ConfigError
 from polarity_exporter.simulator import Simulator
 from polarity_exporter.webconfig import load_web_config
 
 WEB_USER, WEB_PASSWORD = "prometheus", "scrape-me-please-42"
-CREDS = password(SIM_USER, SIM_PASSWORD)
 
 
 @pytest.fixture(scope="module")
