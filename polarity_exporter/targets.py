@@ -96,7 +96,7 @@ def load_targets(path: str) -> dict[str, PolarityConfig]:
     """
     source = _one_line(path)
     text = _read_config(path, source)
-    document = _parse_yaml(text, source)
+    document = parse_yaml(text, source)
     return parse_targets(document, source, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
@@ -165,7 +165,7 @@ if getattr(yaml, "__with_libyaml__", False):
     LOADERS.insert(0, _CLoader)
 
 
-def _parse_yaml(text: str, source: str, loader: Callable[[str], Any] | None = None) -> object:
+def parse_yaml(text: str, source: str, loader: Callable[[str], Any] | None = None) -> object:
     """The YAML document in `text`, read with `loader` (by default the preferred one)."""
     try:
         return _compose_and_construct(text, loader or LOADERS[0])
