@@ -238,6 +238,9 @@ def _check_nodes(loader: SafeConstructor, node: Node, path: tuple[str, ...],
     elif isinstance(node, MappingNode):
         keys: dict[object, int] = {}
         for key_node, value_node in node.value:
+            if id(key_node) in seen:  # an alias as a key
+                raise ConfigError(f"{_where(path)}: aliases (*name) are not allowed")
+            seen.add(id(key_node))
             key = _check_key(loader, key_node, path, keys)
             _check_nodes(loader, value_node, (*path, _text(key)), seen)
 

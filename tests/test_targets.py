@@ -350,6 +350,12 @@ def matrix() -> list[Any]:
     add("alias-of-a-secret", Case(
         f"targets:\n  lab: {{url: '{URL}', username: &u {SECRET_PASSWORD}, password: *u}}\n",
         "lab", "password", "aliases"))
+    add("alias-of-a-key", Case(
+        f"targets:\n  &name lab: {{url: '{URL}', api_key: {SECRET_KEY}}}\n"
+        f"  other: {{url: '{URL}', api_key: *name}}\n", "other", "api_key", "aliases"))
+    add("alias-as-a-key", Case(
+        f"targets:\n  &name lab: {{url: '{URL}', api_key: {SECRET_KEY}}}\n"
+        f"  *name : {{url: '{URL}', api_key: k}}\n", None, "targets", "aliases"))
     add("merge-key", Case(
         f"targets:\n  lab:\n    <<: {{url: '{URL}'}}\n    api_key: {SECRET_KEY}\n", "lab", None,
         "merge keys"))
