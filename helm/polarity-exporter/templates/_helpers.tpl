@@ -134,3 +134,98 @@ httpGet:
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* --- several Polarity servers (targets, --config.file) --- */}}
+
+{{- define "polarity-exporter.targetsConfigMapName" -}}
+{{- printf "%s-targets" (include "polarity-exporter.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Where each target's Secret (and CA) is mounted; the config file names files under it. */}}
+{{- define "polarity-exporter.targetDir" -}}
+{{- printf "/etc/polarity-exporter/targets/%s" . }}
+{{- end }}
+
+{{/* One target's auth with the chart's defaults filled in: type and the Secret's key names. */}}
+{{- define "polarity-exporter.targetAuth" -}}
+{{- $name := index . 0 }}
+{{- $t := index . 1 }}
+{{- $auth := default (dict) $t.auth }}
+{{- $keys := merge (dict) (default (dict) $auth.secretKeys) (dict "username" "username" "password" "password" "apiKey" "api-key") }}
+{{- $_ := required (printf "targets.%s.url is required" $name) $t.url }}
+{{- $_ := required (printf "targets.%s.auth.existingSecret is required: credentials come from an existing Secret" $name) $auth.existingSecret }}
+{{- $ca := default (dict) (default (dict) $t.tls).ca }}
+{{- if and $ca.configMap $ca.secret }}
+{{- fail (printf "targets.%s.tls.ca: set either configMap or secret, not both" $name) }}
+{{- end }}
+{{- toYaml (dict "type" (default "password" $auth.type) "existingSecret" $auth.existingSecret "username" (default "" $auth.username) "keys" $keys "ca" $ca) }}
+{{- end }}
+
+{{/* The config file (polarity_exporter/targets.py reads it): paths only, never a secret. */}}
+{{- define "polarity-exporter.targetsConfig" -}}
+{{- $targets := dict }}
+{{- range $name, $t := .Values.targets }}
+{{- $auth := include "polarity-exporter.targetAuth" (list $name $t) | fromYaml }}
+{{- $dir := include "polarity-exporter.targetDir" $name }}
+{{- $target := dict "url" $t.url }}
+{{- if eq $auth.type "apiKey" }}
+{{- $_ := set $target "api_key_file" (printf "%s/api-key" $dir) }}
+{{- else }}
+{{- if $auth.username }}
+{{- $_ := set $target "username" $auth.username }}
+{{- else }}
+{{- $_ := set $target "username_file" (printf "%s/username" $dir) }}
+{{- end }}
+{{- $_ := set $target "password_file" (printf "%s/password" $dir) }}
+{{- end }}
+{{- if or $auth.ca.configMap $auth.ca.secret }}
+{{- $_ := set $target "ca_file" (printf "%s/ca.crt" $dir) }}
+{{- end }}
+{{- $tls := default (dict) $t.tls }}
+{{- if hasKey $tls "insecureSkipVerify" }}
+{{- $_ := set $target "insecure_skip_verify" $tls.insecureSkipVerify }}
+{{- end }}
+{{- range $valuesKey, $fileKey := dict "timeout" "timeout" "pageSize" "page_size" "maxConcurrency" "max_concurrency" }}
+{{- if hasKey $t $valuesKey }}
+{{- $_ := set $target $fileKey (get $t $valuesKey) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $targets $name $target }}
+{{- end }}
+{{- toYaml (dict "targets" $targets) }}
+{{- end }}
+
+{{/* A monitor's endpoints scraping /probe?target=NAME, one per target, instance=NAME. */}}
+{{- define "polarity-exporter.probeEndpoints" -}}
+{{- $monitor := index . 0 }}
+{{- $root := index . 1 }}
+{{- range $name := keys $root.Values.targets | sortAlpha }}
+- port: {{ $root.Values.service.portName }}
+  path: /probe
+  params:
+    target:
+      - {{ $name | quote }}
+  scheme: {{ include "polarity-exporter.monitorScheme" (list $monitor $root) }}
+  interval: {{ $monitor.interval }}
+  scrapeTimeout: {{ $monitor.scrapeTimeout }}
+  {{- with $monitor.tlsConfig }}
+  tlsConfig:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $monitor.basicAuth }}
+  basicAuth:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  relabelings:
+    # The exporter's address would be the instance; the target's name is.
+    - targetLabel: instance
+      replacement: {{ $name | quote }}
+    {{- with $monitor.relabelings }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $monitor.metricRelabelings }}
+  metricRelabelings:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
