@@ -7,7 +7,6 @@ files or environment variables, so they never show in `ps`.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -15,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import click
 import urllib3
@@ -32,7 +30,6 @@ from polarity_exporter.config import (
     choose_credentials,
     normalize_url,
     parse_listen_address,
-    redact_url,
 )
 from polarity_exporter.exporter import run
 from polarity_exporter.logs import LEVELS, setup_logging
@@ -53,7 +50,8 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100,
                                  "max_content_width": 100})
-@_option("--polarity.url", "POLARITY_URL", help="Base URL of the Polarity server.")
+@_option("--polarity.url", "POLARITY_URL",
+         help="Base URL of the Polarity server that /metrics serves.")
 @_option("--polarity.username", "POLARITY_USERNAME", help="Account for password login.")
 @_option("--polarity.password-file", "POLARITY_PASSWORD_FILE",
          help="File holding the password (or set POLARITY_PASSWORD).")
@@ -81,6 +79,9 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
          type=click.IntRange(2, 100000), default=100,
          help="Most integration ids named only by error records (not in the listing); the "
               "rest fold into integration_id=\"other\".")
+@_option("--config.file", ENV + "CONFIG_FILE",
+         help="YAML file of named Polarity servers, each served at /probe?target=NAME; "
+              "reloaded on SIGHUP and POST /-/reload.")
 @_option("--web.listen-address", ENV + "WEB_LISTEN_ADDRESS", default=f":{DEFAULT_PORT}",
          help="host:port to listen on.")
 @_option("--web.telemetry-path", ENV + "WEB_TELEMETRY_PATH", default="/metrics",
@@ -123,8 +124,33 @@ def command(**flags: Any) -> None:
 
 
 def build_config(flags: dict[str, Any]) -> Config:
-    if not flags["url"]:
-        raise ConfigError("--polarity.url is required (or POLARITY_URL)")
+    if not flags["url"] and not flags.get("config_file"):
+        raise ConfigError("--polarity.url (or POLARITY_URL) or --config.file is required")
+    if not flags["web_telemetry_path"].startswith("/") or flags["web_telemetry_path"] in (
+            "/", "/-/healthy", "/-/ready", "/-/reload", "/probe"):
+        raise ConfigError(f"--web.telemetry-path {flags['web_telemetry_path']!r} must start "
+                          "with / and not be /, /-/healthy, /-/ready, /-/reload or /probe")
+    host, port = parse_listen_address(flags["web_listen_address"])
+    config = Config(
+        polarity=polarity_config(flags) if flags["url"] else None,
+        collector=CollectorConfig(max_codes=flags["collector_max_codes"],
+                                  max_label_length=flags["collector_max_label_length"],
+                                  max_orphan_ids=flags["collector_max_orphan_ids"]),
+        web=ServerConfig(host=host, port=port, telemetry_path=flags["web_telemetry_path"],
+                      timeout_offset=flags["web_timeout_offset"],
+                      shutdown_timeout=flags["web_shutdown_timeout"],
+                      security=load_security(flags["web_config_file"])),
+        cache_ttl=flags["cache_ttl"],
+        targets_file=flags.get("config_file") or None,
+    )
+    if config.polarity is not None:
+        warn_about_readable_secrets({"--polarity.api-key-file": flags["api_key_file"],
+                                     "--polarity.password-file": flags["password_file"]})
+    return config
+
+
+def polarity_config(flags: dict[str, Any]) -> PolarityConfig:
+    """The --polarity.* flags' server."""
     # Secrets are read from the environment here, never declared as click parameters, so that
     # no flag can take them and --help never echoes them.
     credentials = flags.get("credentials") or choose_credentials(
@@ -134,39 +160,20 @@ def build_config(flags: dict[str, Any]) -> Config:
         password=os.environ.get("POLARITY_PASSWORD"),
         password_file=flags["password_file"],
     )
-    if not flags["web_telemetry_path"].startswith("/") or flags["web_telemetry_path"] in (
-            "/", "/-/healthy", "/-/ready"):
-        raise ConfigError(f"--web.telemetry-path {flags['web_telemetry_path']!r} must start "
-                          "with / and not be /, /-/healthy or /-/ready")
-    host, port = parse_listen_address(flags["web_listen_address"])
-    config = Config(
-        polarity=PolarityConfig(
-            url=normalize_url(flags["url"]),
-            credentials=credentials,
-            ca_file=flags["ca_file"],
-            insecure_skip_verify=flags["insecure_skip_verify"],
-            timeout=flags["timeout"],
-            page_size=flags["page_size"],
-            max_concurrency=flags["max_concurrency"],
-        ),
-        collector=CollectorConfig(max_codes=flags["collector_max_codes"],
-                                  max_label_length=flags["collector_max_label_length"],
-                                  max_orphan_ids=flags["collector_max_orphan_ids"]),
-        web=ServerConfig(host=host, port=port, telemetry_path=flags["web_telemetry_path"],
-                      timeout_offset=flags["web_timeout_offset"],
-                      shutdown_timeout=flags["web_shutdown_timeout"],
-                      security=load_security(flags["web_config_file"])),
-        cache_ttl=flags["cache_ttl"],
+    return PolarityConfig(
+        url=normalize_url(flags["url"]),
+        credentials=credentials,
+        ca_file=flags["ca_file"],
+        insecure_skip_verify=flags["insecure_skip_verify"],
+        timeout=flags["timeout"],
+        page_size=flags["page_size"],
+        max_concurrency=flags["max_concurrency"],
     )
-    warn_about_exposed_secrets(config.polarity.url, {
-        "--polarity.api-key-file": flags["api_key_file"],
-        "--polarity.password-file": flags["password_file"]})
-    return config
 
 
-def warn_about_exposed_secrets(url: str, files: dict[str, str | None]) -> None:
-    """Start-up warnings, not errors: a secret file others can read, and credentials sent to
-    Polarity in clear text over the network."""
+def warn_about_readable_secrets(files: dict[str, str | None]) -> None:
+    """A start-up warning, not an error: a secret file others can read. (Credentials sent in
+    clear text are warned about per server: servers.Server.)"""
     for flag, path in files.items():
         if not path:
             continue
@@ -175,19 +182,6 @@ def warn_about_exposed_secrets(url: str, files: dict[str, str | None]) -> None:
             if mode & 0o077:
                 log.warning("secret file is readable by group or others; chmod 600 it",
                             extra={"flag": flag, "file": path, "mode": f"{mode:04o}"})
-    parts = urlsplit(url.strip())
-    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
-        log.warning("credentials are sent to Polarity unencrypted over http://; use https://",
-                    extra={"server": redact_url(url)})
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_security(path: str | None) -> WebSecurity | None:

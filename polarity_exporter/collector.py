@@ -388,8 +388,8 @@ class _Families:
     def __init__(self, cache_ttl: float = 0.0) -> None:
         self._by_spec: dict[metrics.Family, Metric] = {}
         for spec in metrics.CATALOGUE:
-            if spec is metrics.RESULT_AGE:
-                continue  # added by the shared scrape to the answers it serves from a cache
+            if spec is metrics.RESULT_AGE or spec.scope == "fleet":
+                continue  # the shared scrape (cached answers) and the fleet add these
             if spec is metrics.UP and cache_ttl > 0:
                 self._by_spec[spec] = metrics.UP_CACHED.new(ttl=f"{cache_ttl:g}")
             else:

@@ -69,10 +69,13 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class Config:
-    polarity: PolarityConfig
+    polarity: PolarityConfig | None  # --polarity.url: the server /metrics serves
     collector: CollectorConfig = CollectorConfig()
     web: ServerConfig = ServerConfig()
     cache_ttl: float = 0.0  # seconds a finished scrape's result may be reused; 0: never
+    # --config.file: the named targets /probe serves, read at start and on every reload (so
+    # the path, not its content, is configuration).
+    targets_file: str | None = None
 
 
 def normalize_url(url: str) -> str:

@@ -1,7 +1,8 @@
 """Wires the parts into a running exporter and serves until a signal.
 
 client (Polarity API) -> collector (metric families) -> shared scrape (coalescing, optional
-cache) -> web app (routes) -> threaded HTTP(S) server.
+cache), per Polarity server (servers.py: the --polarity.url one, and the --config.file targets)
+-> web app (routes) -> threaded HTTP(S) server.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from prometheus_client import Metric, ProcessCollector
 
 from polarity_exporter import __version__
 from polarity_exporter.client import PolarityClient
-from polarity_exporter.collector import PolarityCollector, ScrapeResult
 from polarity_exporter.config import Config, ConfigError
 from polarity_exporter.httpserver import BoundedServer
 from polarity_exporter.memory import release_free_memory
-from polarity_exporter.scrapecache import SharedScrape
+from polarity_exporter.servers import Fleet, Server, build_info
+from polarity_exporter.targets import load_targets
 from polarity_exporter.web import ExporterApp, Landing, bind
 
 log = logging.getLogger("polarity_exporter")
@@ -33,14 +34,18 @@ class Exporter:
 
     server: BoundedServer
     app: ExporterApp
-    client: PolarityClient
-    collector: PolarityCollector
-    shared: SharedScrape
+    polarity: Server | None  # --polarity.url: the server /metrics serves
+    fleet: Fleet | None  # --config.file: the targets /probe serves
     scheme: str
 
     @property
     def port(self) -> int:
         return int(self.server.server_port)
+
+    @property
+    def client(self) -> PolarityClient:
+        assert self.polarity is not None
+        return self.polarity.client
 
     def serve(self) -> threading.Thread:
         thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
@@ -54,42 +59,51 @@ class Exporter:
         each ends at its own deadline, and the client refuses to log in again once closed."""
         self.app.ready.clear()
         self.server.shutdown(grace)
-        self.shared.close(wait=False)
-        self.collector.close(wait=False)
-        self.client.close()
+        if self.polarity is not None:
+            self.polarity.close()
+        if self.fleet is not None:
+            self.fleet.close()
 
 
 def build_exporter(config: Config) -> Exporter:
-    polarity = config.polarity
+    """Wire the exporter; a ConfigError (exit 2) when the targets file or the port is bad."""
     security = config.web.security
-    if polarity.insecure_skip_verify:
-        log.warning("TLS certificate verification of Polarity is disabled",
-                    extra={"server": polarity.url})
-    client = PolarityClient(polarity)
-    collector = PolarityCollector(client, config.collector, config.cache_ttl)
+    fleet: Fleet | None = None
+    if config.targets_file is not None:
+        path = config.targets_file
+        fleet = Fleet(lambda: load_targets(path), config.collector, config.cache_ttl)
+        fleet.start()
+    polarity = Server(config.polarity, config.collector, config.cache_ttl) \
+        if config.polarity is not None else None
     process = ProcessCollector(registry=None)
-    # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
-    shared = SharedScrape(collector.scrape, ttl=config.cache_ttl, max_lifetime=polarity.timeout,
-                          late=lambda timeout: collector.build(ScrapeResult(timeout=timeout)))
 
     def scrape(timeout: float) -> list[Metric]:
-        return [*shared(timeout), *process.collect()]
+        # /metrics: the --polarity.url server's families, or only the build info; with
+        # --config.file also the reload state and probe counters; the process always.
+        families = polarity(timeout) if polarity is not None else [build_info()]
+        if fleet is not None:
+            families = [*families, *fleet.families()]
+        return [*families, *process.collect()]
 
+    timeouts = config.polarity.timeout if config.polarity is not None else 10.0
+    landing = config.polarity.url if config.polarity is not None else \
+        f"{len(fleet.names()) if fleet else 0} targets from {config.targets_file}"
     app = ExporterApp(scrape, telemetry_path=config.web.telemetry_path,
-                      default_timeout=polarity.timeout, timeout_offset=config.web.timeout_offset,
-                      landing=Landing("Polarity Exporter", __version__, polarity.url),
+                      default_timeout=timeouts, timeout_offset=config.web.timeout_offset,
+                      landing=Landing("Polarity Exporter", __version__, landing),
                       security=security, after_scrape=release_free_memory,
-                      encoded=shared.encoded)
+                      encoded=polarity.shared.encoded if polarity is not None else None,
+                      fleet=fleet)
     tls = security.ssl_context() if security is not None else None
     try:
         server = bind(app, config.web.host, config.web.port, tls=tls)
     except OSError as exc:
-        shared.close(wait=False)
-        collector.close(wait=False)
-        client.close()
+        for part in (polarity, fleet):
+            if part is not None:
+                part.close()
         raise ConfigError(f"cannot listen on {config.web.host}:{config.web.port}: "
                           f"{exc.strerror or exc}") from None
-    return Exporter(server, app, client, collector, shared, "https" if tls else "http")
+    return Exporter(server, app, polarity, fleet, "https" if tls else "http")
 
 
 def run(config: Config) -> None:
@@ -104,6 +118,8 @@ def run(config: Config) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if exporter.fleet is not None:
+        _reload_on_sighup(exporter.fleet)
     exporter.serve()
     host = config.web.host or "localhost"
     host = f"[{host}]" if ":" in host else host
@@ -116,3 +132,18 @@ def run(config: Config) -> None:
     click.echo(f"polarity-exporter {__version__}: metrics at {url}")
     stop.wait()
     exporter.close(config.web.shutdown_timeout)
+
+
+def _reload_on_sighup(fleet: Fleet) -> None:
+    """SIGHUP reloads --config.file. The handler only wakes a thread: a reload reads files
+    and must not run inside a signal handler, which interrupts whatever the main thread does."""
+    wanted = threading.Event()
+
+    def reloader() -> None:
+        while True:
+            wanted.wait()
+            wanted.clear()
+            fleet.reload()
+
+    threading.Thread(target=reloader, name="reload", daemon=True).start()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: wanted.set())

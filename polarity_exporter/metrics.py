@@ -21,7 +21,7 @@ from prometheus_client.core import Metric
 from polarity_exporter.models import Integration
 
 Kind = Literal["gauge", "counter"]
-Scope = Literal["scrape", "integration", "exporter"]
+Scope = Literal["scrape", "integration", "exporter", "fleet"]
 # One integration's sample of a family read straight off the listing: (its labels besides
 # integration_id, raw: the collector cleans them; value), or None for no sample.
 PerIntegration = Callable[[Integration], tuple[dict[str, str], float] | None]
@@ -157,6 +157,23 @@ BUILD_INFO = Family(
     "polarity_exporter_build_info", "gauge", "The exporter's version; always 1.", ("version",),
     "exporter")
 
+# The exporter's own, on /metrics with --config.file (several servers, /probe).
+CONFIG_RELOAD_SUCCESSFUL = Family(
+    "polarity_exporter_config_last_reload_successful", "gauge",
+    "1 if the last reload of --config.file succeeded, else 0.", (), "fleet",
+    doc="1 if the last reload of `--config.file` succeeded (0: the last good targets are "
+        "still served)")
+CONFIG_RELOAD_TIMESTAMP = Family(
+    "polarity_exporter_config_last_reload_success_timestamp_seconds", "gauge",
+    "Unix time of the last successful load of --config.file.", (), "fleet")
+PROBES = Family(
+    "polarity_exporter_probes_total", "counter", "Probes of this target answered.",
+    ("target",), "fleet", doc="probes of this target answered, since the exporter started; "
+                              "a target removed by a reload loses its series")
+PROBE_FAILURES = Family(
+    "polarity_exporter_probe_failures_total", "counter",
+    "Probes of this target that answered polarity_up 0.", ("target",), "fleet")
+
 # In the order the families are exposed; UP_CACHED is a variant of UP, not a family.
 CATALOGUE: tuple[Family, ...] = (
     UP, SCRAPE_DURATION, SCRAPE_TIMEOUT, COLLECTOR_SUCCESS, LISTING_COMPLETE, UNREADABLE_FIELDS,
@@ -164,6 +181,7 @@ CATALOGUE: tuple[Family, ...] = (
     INTEGRATION_INFO, INTEGRATION_STATUS, INTEGRATION_RUNNING, INTEGRATION_ERRORS,
     ERROR_OCCURRENCES, ERROR_LAST_OCCURRENCE, ERROR_AFFECTED_USERS,
     BUILD_INFO,
+    CONFIG_RELOAD_SUCCESSFUL, CONFIG_RELOAD_TIMESTAMP, PROBES, PROBE_FAILURES,
 )
 
 
@@ -184,8 +202,8 @@ def markdown_table() -> str:
     for family in CATALOGUE:
         labels = ", ".join(f"`{label}`" for label in family.labels) or "—"
         text = family.doc or family.help.format(ttl="N").rstrip(".")
-        rows.append(f"| `{family.name}` | {family.kind} | {labels} | "
-                    f"{family.when or 'always'} | {text} |")
+        when = family.when or ("with `--config.file`" if family.scope == "fleet" else "always")
+        rows.append(f"| `{family.name}` | {family.kind} | {labels} | {when} | {text} |")
     return "\n".join(rows) + "\n"
 
 

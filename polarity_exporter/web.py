@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from polarity_exporter.exposition import choose
 from polarity_exporter.httpserver import BoundedServer, listen, one_line_error
 
 if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
+    from polarity_exporter.servers import Fleet
     from polarity_exporter.webconfig import BasicAuth, WebSecurity
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 # own deadline (scrapecache.py), so a tiny one cannot hurt other scrapes, but a fetch it starts
 # still needs time to connect.
 MIN_TIMEOUT = 0.5
-PROBES = frozenset({"/-/healthy", "/-/ready"})
+PROBES = frozenset({"/-/healthy", "/-/ready"})  # Kubernetes' probes: answered inline
+PROBE = "/probe"  # a --config.file target's metrics
+RELOAD = "/-/reload"
 # Free memory is handed back to the system only after answers this large: a small scrape
 # leaves little to hand back, and trimming the heap costs CPU every time.
 TRIM_AFTER_BYTES = 1024 * 1024
@@ -71,8 +75,10 @@ class ExporterApp:
                  timeout_offset: float, landing: Landing,
                  security: WebSecurity | None = None,
                  after_scrape: Callable[[], None] | None = None,
-                 encoded: Callable[[float], None] | None = None) -> None:
+                 encoded: Callable[[float], None] | None = None,
+                 fleet: Fleet | None = None) -> None:
         self._scrape = scrape
+        self._fleet = fleet  # --config.file: /probe and /-/reload
         self._encoded = encoded  # told how long each answer took to encode
         self._after_scrape = after_scrape
         self._security = security
@@ -92,20 +98,22 @@ class ExporterApp:
         self._next_error_log = 0.0
         self._suppressed = 0
 
-    def scrape_timeout(self, environ: dict[str, Any]) -> float:
-        """Prometheus' scrape timeout less the offset, within [MIN_TIMEOUT, --polarity.timeout];
-        --polarity.timeout without the header. Any header value gives a usable deadline."""
+    def scrape_timeout(self, environ: dict[str, Any], ceiling: float | None = None) -> float:
+        """Prometheus' scrape timeout less the offset, within [MIN_TIMEOUT, the server's
+        --polarity.timeout]; --polarity.timeout without the header. Any header value gives a
+        usable deadline."""
+        ceiling = self._default_timeout if ceiling is None else ceiling
         header = environ.get(TIMEOUT_HEADER)
         if not header:
-            return self._default_timeout
+            return ceiling
         try:
             value = float(header[:64]) - self._offset
         except ValueError:
             value = math.nan
         if math.isnan(value):
             log.debug("ignoring bad scrape timeout header", extra={"value": header[:32]})
-            return self._default_timeout
-        return min(self._default_timeout, max(MIN_TIMEOUT, value))
+            return ceiling
+        return min(ceiling, max(MIN_TIMEOUT, value))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         try:
@@ -144,11 +152,15 @@ class ExporterApp:
 
     def _route(self, path: str, environ: dict[str, Any],
                start_response: StartResponse) -> list[bytes]:
+        if path == RELOAD and self._fleet is not None:
+            return self._reload(environ, start_response)
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
             return _reply(start_response, "405 Method Not Allowed", b"method not allowed\n",
                           extra=[("Allow", "GET, HEAD")])
         if path == self._path:
             return self._metrics(environ, start_response)
+        if path == PROBE and self._fleet is not None:
+            return self._probe(self._fleet, environ, start_response)
         if path == "/":
             return _reply(start_response, "200 OK", self._landing_page(),
                           "text/html; charset=utf-8")
@@ -161,8 +173,41 @@ class ExporterApp:
         return _reply(start_response, "404 Not Found", b"not found\n")
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        return self._answer(list(self._scrape(self.scrape_timeout(environ))), environ,
+                            start_response, self._encoded)
+
+    def _probe(self, fleet: Fleet, environ: dict[str, Any],
+               start_response: StartResponse) -> list[bytes]:
+        """/probe?target=NAME: a configured target's families. Anything else is a 400 before
+        any connection is made: the request never chooses where the exporter connects."""
+        name, problem = probe_target(environ.get("QUERY_STRING", ""))
+        server = fleet.get(name) if not problem else None
+        if not problem and server is None:
+            problem = f"unknown target {name[:64]!r}: not in --config.file"
+        if problem or server is None:
+            return _reply(start_response, "400 Bad Request", f"{problem}\n".encode())
+        timeout = self.scrape_timeout(environ, server.config.timeout)
+        families = fleet.probe(name, timeout)
+        if families is None:  # removed by a reload since the lookup
+            return _reply(start_response, "400 Bad Request",
+                          f"unknown target {name!r}: not in --config.file\n".encode())
+        return self._answer(families, environ, start_response, server.shared.encoded)
+
+    def _reload(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        assert self._fleet is not None
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _reply(start_response, "405 Method Not Allowed", b"use POST to reload\n",
+                          extra=[("Allow", "POST")])
+        problem = self._fleet.reload()
+        if problem is not None:
+            return _reply(start_response, "500 Internal Server Error",
+                          f"reload failed: {problem}\n".encode())
+        return _reply(start_response, "200 OK", b"reloaded\n")
+
+    def _answer(self, families: list[Any], environ: dict[str, Any],
+                start_response: StartResponse,
+                encoded: Callable[[float], None] | None) -> list[bytes]:
         encoder, content_type = choose(environ.get("HTTP_ACCEPT", ""))
-        families = list(self._scrape(self.scrape_timeout(environ)))
         started = time.monotonic()
         body = encoder(families)
         headers = [("Content-Type", content_type)]
@@ -171,8 +216,8 @@ class ExporterApp:
             body = gzip.compress(body, compresslevel=1)
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept, Accept-Encoding"))
-        if self._encoded is not None:
-            self._encoded(time.monotonic() - started)
+        if encoded is not None:
+            encoded(time.monotonic() - started)
         reply = _reply(start_response, "200 OK", body, extra=headers)
         if self._after_scrape is None or len(body) < TRIM_AFTER_BYTES:
             return reply
@@ -194,6 +239,26 @@ class ExporterApp:
 </ul>
 </body></html>
 """.encode()
+
+
+def probe_target(query: str) -> tuple[str, str]:
+    """(the target name, "") from /probe's query string, or ("", the one-line reason it is
+    refused): exactly one `target`, a name, never a URL."""
+    try:
+        params = parse_qs(query[:4096], keep_blank_values=True, strict_parsing=bool(query),
+                          max_num_fields=16)
+    except ValueError:
+        return "", "bad query string: want ?target=NAME"
+    values = params.get("target", [])
+    if len(values) != 1:
+        return "", ("missing target parameter: want ?target=NAME" if not values else
+                    "repeated target parameter: give exactly one")
+    name = values[0]
+    if "/" in name or ":" in name:
+        return "", "target must name a target of --config.file, not a URL"
+    if not name:
+        return "", "empty target parameter: want ?target=NAME"
+    return name, ""
 
 
 def _reply(start_response: StartResponse, status: str, body: bytes,

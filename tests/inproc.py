@@ -80,15 +80,19 @@ class Running:
     logs: LogCapture
     session: requests.Session = field(default_factory=requests.Session)
 
-    def scrape(self, timeout: float = 2.0, **kwargs: Any) -> Scrape:
-        """GET /metrics as Prometheus does, with its scrape-timeout header."""
+    def scrape(self, timeout: float = 2.0, path: str = "/metrics", **kwargs: Any) -> Scrape:
+        """GET /metrics (or `path`) as Prometheus does, with its scrape-timeout header."""
         headers = {TIMEOUT_HEADER: str(timeout), **kwargs.pop("headers", {})}
         started = time.monotonic()
-        response = self.session.get(f"{self.url}/metrics", headers=headers,
+        response = self.session.get(f"{self.url}{path}", headers=headers,
                                     timeout=timeout + 5, **kwargs)
         elapsed = time.monotonic() - started
         samples = parse(response.text) if response.status_code == 200 else {}
         return Scrape(response, samples, elapsed)
+
+    def probe(self, target: str, timeout: float = 2.0, **kwargs: Any) -> Scrape:
+        """GET /probe?target=NAME as Prometheus does with the README's relabelling."""
+        return self.scrape(timeout, "/probe", params={"target": target}, **kwargs)
 
 
 def password(user: str, secret: str) -> Password:
@@ -100,25 +104,36 @@ def api_key(key: str) -> ApiKey:
 
 
 @contextmanager
-def running_exporter(url: str, credentials: Credentials, *, timeout: float = 3.0,
+def running_exporter(url: str | None, credentials: Credentials | None, *, timeout: float = 3.0,
                      page_size: int = 200, max_concurrency: int = 10, ca_file: str | None = None,
                      insecure: bool = False, security: Any = None, cache_ttl: float = 0.0,
-                     offset: float = 0.5) -> Iterator[Running]:
-    """An exporter bound to a free port on 127.0.0.1, serving until the block ends."""
+                     offset: float = 0.5, targets_file: str | None = None) -> Iterator[Running]:
+    """An exporter bound to a free port on 127.0.0.1, serving until the block ends: for the
+    server at `url` on /metrics, and the targets of `targets_file` on /probe."""
     capture = LogCapture()
     logger = logging.getLogger("polarity_exporter")
     previous = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(capture)
+    polarity = None
+    if url is not None:
+        assert credentials is not None
+        polarity = PolarityConfig(url=url, credentials=credentials, ca_file=ca_file,
+                                  insecure_skip_verify=insecure, timeout=timeout,
+                                  page_size=page_size, max_concurrency=max_concurrency)
     config = Config(
-        polarity=PolarityConfig(url=url, credentials=credentials, ca_file=ca_file,
-                                insecure_skip_verify=insecure, timeout=timeout,
-                                page_size=page_size, max_concurrency=max_concurrency),
+        polarity=polarity,
         collector=CollectorConfig(),
         web=ServerConfig(host="127.0.0.1", port=0, timeout_offset=offset, security=security),
         cache_ttl=cache_ttl,
+        targets_file=targets_file,
     )
-    exporter = build_exporter(config)
+    try:
+        exporter = build_exporter(config)
+    except BaseException:
+        logger.removeHandler(capture)
+        logger.setLevel(previous)
+        raise
     exporter.serve()
     running = Running(exporter, f"{exporter.scheme}://127.0.0.1:{exporter.port}", capture)
     try:

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.xdist_group("test_catalogue")
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 TTL = 30.0
+# What /metrics serves for one server; the fleet's own families: tests/test_fleet.py.
+SINGLE = [family for family in metrics.CATALOGUE if family.scope != "fleet"]
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +54,16 @@ def served(cached: Running) -> dict[str, tuple[str, str, set[frozenset[str]]]]:
 
 
 def test_a_scrape_serves_every_family_of_the_catalogue(served: dict[str, object]) -> None:
-    assert {family.name for family in metrics.CATALOGUE} <= set(served)
+    assert {family.name for family in SINGLE} <= set(served)
 
 
 def test_a_scrape_serves_no_polarity_family_outside_the_catalogue(
         served: dict[str, object]) -> None:
     assert {name for name in served if name.startswith("polarity_")} \
-        == {family.name for family in metrics.CATALOGUE}
+        == {family.name for family in SINGLE}
 
 
-@pytest.mark.parametrize("family", metrics.CATALOGUE, ids=lambda f: f.name)
+@pytest.mark.parametrize("family", SINGLE, ids=lambda f: f.name)
 def test_each_family_has_the_catalogue_type_and_labels(
         family: metrics.Family,
         served: dict[str, tuple[str, str, set[frozenset[str]]]]) -> None:

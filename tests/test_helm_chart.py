@@ -352,11 +352,6 @@ def test_rendered_args_and_env_are_real_cli_options(
     cli: click.Command, values_file: Path | None, tmp_path: Path
 ) -> None:
     container = exporter_container(only(case_objects(values_file), "Deployment"))
-    if arg_value(container, "--config.file") is not None and not any(
-            "--config.file" in p.opts for p in cli.params):
-        # The chart runs ahead of the CLI here: the flag is wired on main (issue #12). Once it
-        # is, this condition is false and the args are parsed for real.
-        pytest.xfail("--config.file is not yet an option of this CLI")
     parse_args(cli, list(container["args"]), tmp_path)
     check_env_names(cli, container)
 

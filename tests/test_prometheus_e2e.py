@@ -210,7 +210,12 @@ def _timestamp(text: str) -> float:
 
 @pytest.fixture(scope="module")
 def expected(stack: Stack) -> Expected:
-    data = stack.sim.dataset
+    return expected_for(stack.sim)
+
+
+def expected_for(sim: Simulator) -> Expected:
+    """What the dashboards must show for this simulator's dataset."""
+    data = sim.dataset
     attrs = {item["id"]: item["attributes"] for item in data.integrations}
     occurrences: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     last: dict[str, dict[str, float]] = defaultdict(dict)
