@@ -16,9 +16,6 @@ from typing import Any
 import pytest
 from conftest import REPO
 
-# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_bench_smoke")
-
 TARGET_ROWS = {
     "scrape wall time, default --polarity.max-concurrency": "≤ 0.25x raw and ≤ 1 s",
     "exporter peak RSS (VmHWM)": "≤ 80 MB",

@@ -17,9 +17,6 @@ from polarity_exporter import metrics
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
 
-# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_catalogue")
-
 README = (REPO / "README.md").read_text(encoding="utf-8")
 TTL = 30.0
 # What /metrics serves for one server; the fleet's own families: tests/test_fleet.py.

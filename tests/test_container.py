@@ -35,9 +35,6 @@ import requests
 from conftest import IN_CI, REPO, free_port, require_tool, wait_until_ready
 from prometheus_client.parser import text_string_to_metric_families
 
-# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_container")
-
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 PACKAGE_VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

@@ -49,7 +49,6 @@ from test_prometheus_e2e import (
 
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
-pytestmark = pytest.mark.xdist_group("test_fleet_e2e")
 NAMES = {"prod": 11, "lab": 12, "emea": 13}  # target name -> simulator seed
 
 

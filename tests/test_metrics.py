@@ -10,9 +10,6 @@ from reference import Samples, by_label, clean, expected_errors, labels, scrape
 
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
-# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_metrics")
-
 
 @pytest.fixture(scope="module")
 def samples(module_exporter: ExporterProcess) -> Samples:

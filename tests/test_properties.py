@@ -33,9 +33,6 @@ from polarity_exporter.exposition import encode_openmetrics, encode_text
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
 
-# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_properties")
-
 # Text with everything a third-party integration might put in a string.
 any_text = st.text(st.characters(codec=None, categories=None), max_size=12)
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),

@@ -14,9 +14,6 @@ from reference import labels, parse, scrape
 from polarity_exporter import __version__
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
-# Its module-scoped fixtures are set up once: all of its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_web")
-
 
 @pytest.fixture
 def exporter(module_exporter: ExporterProcess) -> ExporterProcess:
