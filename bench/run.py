@@ -15,13 +15,16 @@ process's utime+stime over the request. See bench/README.md for the published ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ BENCH = Path(__file__).resolve().parent
 USERNAME, PASSWORD = "bench", "bench-password"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
+PROBE_TIMEOUT = 10.0  # Prometheus' default scrape timeout, sent as its header
 
 
 # --- process measurements ------------------------------------------------------------------
@@ -131,6 +135,15 @@ class Server:
         response.raise_for_status()
         return Scrape(wall=wall, cpu=cpu_seconds(self.pid) - cpu, text=response.text)
 
+    def probe(self, target: str) -> tuple[float, bool]:
+        """GET /probe?target=NAME as Prometheus sends it: (wall seconds, polarity_up is 1)."""
+        wall = time.perf_counter()
+        response = requests.get(f"{self.url}/probe", params={"target": target}, timeout=120,
+                                headers={"X-Prometheus-Scrape-Timeout-Seconds":
+                                         f"{PROBE_TIMEOUT:g}"})
+        wall = time.perf_counter() - wall
+        return wall, response.status_code == 200 and "\npolarity_up 1.0\n" in response.text
+
 
 @dataclass
 class Scrape:
@@ -214,6 +227,11 @@ class Sizes:
     repeat: int
     cpu_sizes: tuple[tuple[int, int], tuple[int, int]] = ((40, 200), (200, 5000))
     cpu_scrapes: int = 60
+    fleet_targets: int = 20
+    fleet_integrations: int = 200
+    fleet_errors: int = 1000
+    fleet_seconds: float = 60.0
+    fleet_interval: float = 5.0
 
 
 FULL = Sizes(paging_integrations=5000, paging_page_size=100, paging_latency=0.05,
@@ -223,7 +241,9 @@ FULL = Sizes(paging_integrations=5000, paging_page_size=100, paging_latency=0.05
 SMOKE = Sizes(paging_integrations=200, paging_page_size=20, paging_latency=0.01,
               paging_errors=100, big_errors=2000, big_integrations=30,
               big_meta_bytes=500, series_integrations=300, series_errors=1000,
-              idle_scrapes=20, repeat=1, cpu_sizes=((10, 50), (40, 400)), cpu_scrapes=3)
+              idle_scrapes=20, repeat=1, cpu_sizes=((10, 50), (40, 400)), cpu_scrapes=3,
+              fleet_targets=3, fleet_integrations=20, fleet_errors=50, fleet_seconds=1.0,
+              fleet_interval=0.5)
 
 
 def median_scrape(server: Server, repeat: int) -> Scrape:
@@ -369,9 +389,62 @@ def idle(sizes: Sizes) -> list[Row]:
                 f"{growth:+.1f} MiB", "within 10 MB", abs(growth) * MB <= 10e6)]
 
 
+def fleet(sizes: Sizes) -> list[Row]:
+    """Several Polarity servers from one exporter (--config.file): every target probed at once,
+    every few seconds, as Prometheus scrapes a /probe job; against one exporter per server
+    (the single-target CPU per scrape at the same size, measured in the same run)."""
+    n, m, count = sizes.fleet_integrations, sizes.fleet_errors, sizes.fleet_targets
+    scenario = (f"{count} targets of {n} integrations and {m:,} error records, all probed at "
+                f"once every {sizes.fleet_interval:g} s for {sizes.fleet_seconds:g} s")
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(simulator(n, m)) for _ in range(count)]
+        single = stack.enter_context(exporter(urls[0]))
+        single.scrape().check_complete()
+        single_cpu = statistics.median(single.scrape().cpu for _ in range(sizes.repeat * 5))
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        config = directory / "targets.yml"
+        config.write_text(json.dumps({"targets": {  # JSON is YAML
+            f"t{i:02d}": {"url": url, "username": USERNAME, "password": PASSWORD}
+            for i, url in enumerate(urls)}}))
+        port = free_port()
+        server = stack.enter_context(serving(
+            [sys.executable, "-m", "polarity_exporter", f"--config.file={config}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], port, "/-/ready"))
+        names = [f"t{i:02d}" for i in range(count)]
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda name: server.probe(name), names))  # logins
+            walls: list[float] = []
+            failed = 0
+            cpu = cpu_seconds(server.pid)
+            started = time.monotonic()
+            rounds = 0
+            while time.monotonic() - started < sizes.fleet_seconds:
+                round_start = time.monotonic()
+                for wall, up in pool.map(lambda name: server.probe(name), names):
+                    walls.append(wall)
+                    failed += not up
+                rounds += 1
+                time.sleep(max(0.0, sizes.fleet_interval - (time.monotonic() - round_start)))
+            cpu = cpu_seconds(server.pid) - cpu
+        peak = memory_mb(server.pid, "VmHWM")
+    per_probe = cpu / len(walls)
+    deadline = PROBE_TIMEOUT - 0.5  # the header less --web.timeout-offset
+    return [
+        Row(scenario, f"probes inside their deadline ({deadline:g} s) with polarity_up 1",
+            f"{len(walls) - failed} of {len(walls)}, slowest {max(walls):.2f} s",
+            f"median {statistics.median(walls):.2f} s", f"{failed} failed",
+            "all", failed == 0 and max(walls) < deadline),
+        Row(scenario, "CPU per probe", f"{per_probe * 1000:.1f} ms",
+            f"one exporter per server {single_cpu * 1000:.1f} ms per scrape",
+            f"{per_probe / max(single_cpu, 1e-9):.2f}x", "—", None),
+        Row(scenario, "exporter peak RSS (VmHWM), all targets", f"{peak:.1f} MiB", "—",
+            f"{peak / count:.1f} MiB per target", "—", None),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[Sizes], list[Row]]] = {
     "paging": paging, "big-errors": big_errors, "series": series, "idle": idle,
-    "cpu": cpu_per_scrape}
+    "cpu": cpu_per_scrape, "fleet": fleet}
 
 
 def markdown(rows: list[Row]) -> str:

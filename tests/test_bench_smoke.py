@@ -47,6 +47,9 @@ def test_every_target_has_a_measured_row(bench: tuple[str, list[dict[str, Any]]]
     cpu = [row["target"] for row in rows
            if row["measure"] == "CPU per scrape, alternating with the straightforward exporter"]
     assert cpu == ["≤ 0.6x straightforward", "≤ 0.35x straightforward"]
+    fleet = [row for row in rows if row["measure"].startswith("probes inside their deadline")]
+    assert len(fleet) == 1 and fleet[0]["target"] == "all"
+    assert fleet[0]["met"] is True  # every probe of the smoke fleet answered polarity_up 1
 
 
 def test_rows_carry_positive_measurements(bench: tuple[str, list[dict[str, Any]]]) -> None:

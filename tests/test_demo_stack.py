@@ -29,6 +29,7 @@ DEMO = REPO / "demo"
 COMPOSE = yaml.safe_load((DEMO / "compose.yaml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 PROVISIONING = DEMO / "grafana" / "provisioning"
+SIMULATORS = ("simulator", "simulator-lab")
 
 
 def mounts(service: str) -> dict[str, Path]:
@@ -60,14 +61,14 @@ def flag_value(args: list[str], flag: str) -> str | None:
 # --- compose -------------------------------------------------------------------------------------
 
 
-def test_compose_defines_the_four_services() -> None:
-    assert set(SERVICES) == {"simulator", "exporter", "prometheus", "grafana"}
+def test_compose_defines_two_servers_one_exporter_prometheus_and_grafana() -> None:
+    assert set(SERVICES) == {*SIMULATORS, "exporter", "prometheus", "grafana"}
     for name, service in SERVICES.items():
         assert "image" in service or "build" in service, name
 
 
 def test_compose_builds_the_repos_dockerfile() -> None:
-    for name in ("simulator", "exporter"):
+    for name in (*SIMULATORS, "exporter"):
         build = SERVICES[name]["build"]
         context = (DEMO / build["context"]).resolve()
         assert context == REPO and (context / build["dockerfile"]).is_file()
@@ -88,15 +89,31 @@ def test_demo_mounts_the_repos_rules_and_dashboards() -> None:
     assert copies == [], "the demo mounts the repo's files; it must not keep copies"
 
 
-def test_exporter_password_file_matches_the_simulator_account() -> None:
-    simulator_env = SERVICES["simulator"]["environment"]
-    exporter_env = SERVICES["exporter"]["environment"]
+def demo_targets() -> dict[str, Any]:
+    path = flag_value(SERVICES["exporter"]["command"], "--config.file")
+    assert path is not None
+    targets: dict[str, Any] = yaml.safe_load(container_to_host("exporter", path).read_text())
+    return dict(targets["targets"])
+
+
+def target_service(target: dict[str, Any]) -> str:
+    """The compose service a target's URL names."""
+    host = urlsplit(target["url"]).hostname
+    assert host in SIMULATORS, target["url"]
+    return host
+
+
+def test_each_target_is_one_simulator_with_its_account() -> None:
     (secret_name,) = SERVICES["exporter"]["secrets"]
-    assert exporter_env["POLARITY_PASSWORD_FILE"] == f"/run/secrets/{secret_name}"
     password = (DEMO / COMPOSE["secrets"][secret_name]["file"]).read_text().strip()
-    assert password == simulator_env["SIM_PASSWORD"]
-    assert exporter_env["POLARITY_USERNAME"] == simulator_env["SIM_USERNAME"]
-    assert "POLARITY_PASSWORD" not in exporter_env
+    targets = demo_targets()
+    assert sorted(target_service(t) for t in targets.values()) == sorted(SIMULATORS)
+    for target in targets.values():
+        simulator_env = SERVICES[target_service(target)]["environment"]
+        assert target["password_file"] == f"/run/secrets/{secret_name}"
+        assert password == simulator_env["SIM_PASSWORD"]
+        assert target["username"] == simulator_env["SIM_USERNAME"]
+        assert "password" not in target
     assert not any(password in arg for arg in SERVICES["exporter"]["command"])
 
 
@@ -132,15 +149,28 @@ def test_prometheus_config_passes_promtool_with_the_rules_loaded(prometheus_root
     assert f"SUCCESS: {count} rules found" in output
 
 
-def test_prometheus_scrapes_the_exporter_service_on_its_port() -> None:
+def prometheus_jobs() -> dict[str, dict[str, Any]]:
     config = yaml.safe_load(container_to_host("prometheus", prometheus_config_path()).read_text())
-    targets = [t for job in config["scrape_configs"] for sc in job.get("static_configs", [])
-               for t in sc["targets"]]
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+def test_prometheus_probes_every_target_through_the_exporter_service() -> None:
     listen = flag_value(SERVICES["exporter"]["command"], "--web.listen-address") or ":10119"
-    assert f"exporter:{listen.rsplit(':', 1)[1]}" in targets
-    job = next(j for j in config["scrape_configs"] if "exporter:10119" in str(j))
+    address = f"exporter:{listen.rsplit(':', 1)[1]}"
+    (job,) = [j for j in prometheus_jobs().values() if j.get("metrics_path") == "/probe"]
+    assert sorted(job["static_configs"][0]["targets"]) == sorted(demo_targets())
+    rules = job["relabel_configs"]
+    assert {"source_labels": ["__address__"], "target_label": "__param_target"} in rules
+    assert {"source_labels": ["__param_target"], "target_label": "instance"} in rules
+    assert {"target_label": "__address__", "replacement": address} in rules
     # The project's alerts select up{job=~".*polarity.*"}.
     assert re.fullmatch(".*polarity.*", job["job_name"])
+
+
+def test_prometheus_scrapes_the_exporters_own_metrics() -> None:
+    own = [j for j in prometheus_jobs().values() if j.get("metrics_path", "/metrics") == "/metrics"
+           and any("exporter:10119" in t for sc in j["static_configs"] for t in sc["targets"])]
+    assert len(own) == 1
 
 
 # --- Grafana -------------------------------------------------------------------------------------
@@ -223,47 +253,68 @@ def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
-@pytest.fixture
-def demo_simulator() -> Iterator[str]:
-    """The compose simulator service: its entrypoint, command and environment, on a local port."""
-    entrypoint = list(SERVICES["simulator"]["entrypoint"])
+def start_simulator(service: str) -> tuple[subprocess.Popen[str], str]:
+    """A compose simulator service: its entrypoint, command and environment, on a local port."""
+    entrypoint = list(SERVICES[service]["entrypoint"])
     assert entrypoint[0] == "python"
-    command = replace_flag(SERVICES["simulator"]["command"], "--host", "127.0.0.1")
+    command = replace_flag(SERVICES[service]["command"], "--host", "127.0.0.1")
     command = replace_flag(command, "--port", str(free_port()))
     proc = subprocess.Popen([sys.executable, *entrypoint[1:], *command], env=service_env(
-        "simulator"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"listening on (http://\S+)", line)
-        assert match, f"simulator did not start: {line}"
-        yield match.group(1)
-    finally:
+        service), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    if not match:
         stop_process(proc)
+        raise AssertionError(f"{service} did not start: {line}")
+    return proc, match.group(1)
 
 
-def test_compose_services_run_with_their_real_commands(demo_simulator: str, tmp_path: Path) -> None:
+@pytest.fixture
+def demo_simulators() -> Iterator[dict[str, str]]:
+    """Every simulator service of the compose file, running: service -> local URL."""
+    started: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    try:
+        for service in SIMULATORS:
+            started[service] = start_simulator(service)
+        yield {service: url for service, (_, url) in started.items()}
+    finally:
+        for proc, _ in started.values():
+            stop_process(proc)
+
+
+def test_compose_services_run_with_their_real_commands(demo_simulators: dict[str, str],
+                                                       tmp_path: Path) -> None:
     exporter_bin = Path(sys.executable).parent / "polarity-exporter"  # the image's ENTRYPOINT
     secret_name = SERVICES["exporter"]["secrets"][0]
     password_file = DEMO / COMPOSE["secrets"][secret_name]["file"]
-    command = SERVICES["exporter"]["command"]
-    assert urlsplit(flag_value(command, "--polarity.url") or "").hostname == "simulator"
-    command = replace_flag(command, "--polarity.url", demo_simulator)
+    # The targets file as the container sees it, with the services' hosts made local.
+    targets = demo_targets()
+    services = {name: target_service(target) for name, target in targets.items()}
+    for name, target in targets.items():
+        target["url"] = demo_simulators[services[name]]
+        target["password_file"] = str(password_file)
+    (tmp_path / "targets.yml").write_text(yaml.safe_dump({"targets": targets}))
+    command = replace_flag(SERVICES["exporter"]["command"], "--config.file",
+                           str(tmp_path / "targets.yml"))
     port = free_port()
     log = (tmp_path / "exporter.log").open("w")
     proc = subprocess.Popen(
         [str(exporter_bin), *command, f"--web.listen-address=127.0.0.1:{port}"],
-        env=service_env("exporter", POLARITY_PASSWORD_FILE=str(password_file)),
-        stdout=log, stderr=subprocess.STDOUT, text=True,
+        env=service_env("exporter"), stdout=log, stderr=subprocess.STDOUT, text=True,
     )
+    answers = {}
     try:
         wait_until_ready(f"http://127.0.0.1:{port}/-/ready", proc, timeout=30)
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        for name in targets:
+            answers[name] = requests.get(f"http://127.0.0.1:{port}/probe",
+                                         params={"target": name}, timeout=30).text
     finally:
         stop_process(proc)
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
-    up = [s.value for s in samples if s.name == "polarity_up"]
-    assert up == [1], (tmp_path / "exporter.log").read_text()
-    integrations = flag_value(SERVICES["simulator"]["command"], "--integrations")
-    info = [s for s in samples if s.name == "polarity_integration_info"]
-    assert len(info) == int(integrations or 0)
+    for name, text in answers.items():
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        up = [s.value for s in samples if s.name == "polarity_up"]
+        assert up == [1], (tmp_path / "exporter.log").read_text()
+        integrations = flag_value(SERVICES[services[name]]["command"], "--integrations")
+        info = [s for s in samples if s.name == "polarity_integration_info"]
+        assert len(info) == int(integrations or 0)
