@@ -352,25 +352,22 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
            1.0 if result.errors is not None else 0.0)
     if result.listing is not None:
         sample(metrics.LISTING_COMPLETE, {}, 1.0 if result.listing.complete else 0.0)
-    for collector, problems in result.problems.items():
-        for name, count in sorted(problems.items()):
-            sample(metrics.UNREADABLE_FIELDS, {"collector": collector, "field": name},
-                   float(count))
     sample(metrics.BUILD_INFO, {"version": __version__}, 1.0)
     errors = _ErrorSamples(families, result.errors, config) \
         if result.errors is not None else None
-    listed = [(spec.per_integration, families[spec]) for spec in metrics.CATALOGUE
+    listed = [(spec, families[spec]) for spec in metrics.CATALOGUE
               if spec.per_integration is not None]
+    problems = result.problems["integrations"]
     for label, integration in (result.integrations or {}).items():
         by_id = {"integration_id": label}
-        for read, family in listed:
-            found = read(integration)
+        for spec, family in listed:
+            found = _read(spec, integration, problems)
             if found is None:
                 continue
             more, value = found
             labels = by_id if not more else \
-                {"integration_id": label, **{k: clean(v) for k, v in more.items()}}
-            family.samples.append(Sample(family.name, labels, value))
+                {**{k: clean(v) for k, v in more.items()}, "integration_id": label}
+            family.samples.append(Sample(spec.name, labels, value))
         if errors is not None:
             errors.add(label, by_id)
         elif integration.error_refs is not None:
@@ -379,7 +376,28 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
             sample(metrics.INTEGRATION_ERRORS, by_id, float(integration.error_refs))
     if errors is not None:
         errors.add_orphans()
+    # Last: the loop above counts the records a per-integration reader could not read.
+    for collector, counts in result.problems.items():
+        for name, count in sorted(counts.items()):
+            sample(metrics.UNREADABLE_FIELDS, {"collector": collector, "field": name},
+                   float(count))
     return families.all()
+
+
+def _read(spec: metrics.Family, integration: Integration,
+          problems: Problems) -> tuple[dict[str, str], float] | None:
+    """One integration's sample of a per-integration family; a reader that fails on a record
+    (a bug, or a value it did not expect) costs that sample only, counted under the family's
+    name in polarity_scrape_unreadable_fields."""
+    assert spec.per_integration is not None
+    try:
+        found = spec.per_integration(integration)
+        if found is not None and set(found[0]) != set(spec.labels) - {"integration_id"}:
+            raise ValueError(f"labels {sorted(found[0])} are not the catalogue's")
+        return found
+    except Exception:
+        problems[spec.name] += 1
+        return None
 
 
 class _Families:

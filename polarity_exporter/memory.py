@@ -74,7 +74,9 @@ def tune_process() -> None:
 def release_free_memory() -> None:
     """Hand the heap's free pages back to the system once no scrape is running.
 
-    Between scrapes the exporter is idle: what the last burst freed need not stay resident.
+    Called after an answer of over a megabyte is sent: what its burst freed need not stay
+    resident. Another scrape may be running; malloc_trim only returns pages no allocation uses,
+    taking the allocator's lock briefly, so the cost to that scrape is a little CPU.
     """
     if _malloc_trim is not None:
         _malloc_trim(0)

@@ -139,7 +139,9 @@ ERROR_OCCURRENCES = Family(
     ("integration_id", "code"), "integration",
     when="when the errors were read, for codes with a readable error-count",
     doc="sum of `error-count` over the records with that code. Polarity counts up, so this is "
-        "a counter: use `rate()`/`increase()`; an admin clearing records is a counter reset")
+        "a counter: use `rate()`/`increase()`. Removing records makes it drop, which "
+        "Prometheus reads as a reset (a partial removal then counts the rest as new; see the "
+        "runbook); so can a change in what `code=\"other\"` folds")
 ERROR_LAST_OCCURRENCE = Family(
     "polarity_integration_error_last_occurrence_timestamp_seconds", "gauge",
     "Newest occurred-on of the integration's errors with this code, as Unix time.",

@@ -1,9 +1,10 @@
 """Just enough PromQL reading for the tests: which metric names each call of a function gets.
 
-A tokenizer, not a full parser: strings, label matchers `{…}` and ranges/subqueries `[…]` are
-skipped as units; every other identifier that is not a function name, a keyword or a grouping
-label list is a metric name. That is exact for the queries this project writes (and Grafana's
-`$variables`), and errs on the side of reporting more names, never fewer.
+A tokenizer, not a full parser: strings and ranges/subqueries `[…]` are skipped as units, label
+matchers `{…}` are read only for `__name__`; every other identifier that is not a function
+name, a keyword or a grouping label list is a metric name, and so is a Grafana `$variable`
+(which no scrape knows, so a check fails on it). A call of no readable metric raises. That is
+exact for the queries this project writes, and errs on the side of reporting more names.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _TOKEN = re.compile(r"""
     (?P<string>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)
   | (?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)
   | (?P<var>\$\{?[a-zA-Z0-9_]+\}?)
-  | (?P<number>[0-9][0-9.eE+\-a-zA-Z]*)
+  | (?P<number>(?:0x[0-9a-fA-F]+|[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)(?:[smhdwy]|ms)*)
   | (?P<open>[({\[])
   | (?P<close>[)}\]])
   | (?P<other>==|!=|=~|!~|>=|<=|[-+*/%^<>=,@])
@@ -28,9 +29,12 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 KEYWORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-                      "and", "or", "unless", "offset", "inf", "nan", "start", "end"})
+                      "and", "or", "unless", "offset", "inf", "nan"})
 GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 COUNTER_FUNCTIONS = frozenset({"rate", "irate", "increase", "resets"})
+GAUGE_FUNCTIONS = frozenset({"delta", "idelta", "deriv", "predict_linear", "holt_winters",
+                             "double_exponential_smoothing"})
+_NAME_MATCHER = re.compile(r"""__name__\s*(=~|=)\s*(?:"((?:\\.|[^"\\])*)"|'((?:\\.|[^'\\])*)')""")
 
 
 def tokens(expr: str) -> list[tuple[str, str]]:
@@ -61,30 +65,51 @@ def _skip_group(toks: list[tuple[str, str]], start: int) -> int:
 
 
 def metric_names(toks: list[tuple[str, str]]) -> list[str]:
+    """Metric names selected by these tokens, including `{__name__=…}` matchers (a regex gives
+    its alternatives) and Grafana variables (`$name`, which no scrape has: reported as is)."""
     names: list[str] = []
     index = 0
     while index < len(toks):
         kind, text = toks[index]
         following = toks[index + 1] if index + 1 < len(toks) else ("", "")
         if kind == "open" and text in "{[":
-            index = _skip_group(toks, index)  # label matchers, ranges: no metric names
+            end = _skip_group(toks, index)
+            if text == "{":  # label matchers: only __name__ names a metric
+                matchers = " ".join(t for _, t in toks[index + 1:end - 1])
+                for match in _NAME_MATCHER.finditer(matchers):
+                    value = match.group(2) if match.group(2) is not None else match.group(3)
+                    names += value.split("|") if match.group(1) == "=~" else [value]
+            index = end  # ranges and subqueries hold no metric names
             continue
+        if kind == "var" and following[1] != "(":
+            names.append(text)
         if kind == "ident" and text in GROUPING and following[1] == "(":
             index = _skip_group(toks, index + 1)  # label names
             continue
-        if kind == "ident" and text not in KEYWORDS and following[1] != "(":
+        # An identifier before `(`, or before `by`/`without` (`sum by (job) (x)`), is a
+        # function or an aggregation, not a metric.
+        if kind == "ident" and text not in KEYWORDS and following[1] != "(" \
+                and following[1] not in ("by", "without"):
             names.append(text)
         index += 1
     return names
 
 
 def counter_function_arguments(expr: str) -> Iterator[tuple[str, list[str]]]:
-    """(function, metric names in its argument) for each rate/irate/increase/resets call."""
+    """(function, metric names in its argument) for each rate/irate/increase/resets call. A call
+    whose argument names no metric raises: the checker must never pass for want of reading."""
+    yield from function_arguments(expr, COUNTER_FUNCTIONS)
+
+
+def function_arguments(expr: str, functions: frozenset[str]) -> Iterator[tuple[str, list[str]]]:
     toks = tokens(expr)
     for index, (kind, text) in enumerate(toks[:-1]):
-        if kind == "ident" and text in COUNTER_FUNCTIONS and toks[index + 1][1] == "(":
+        if kind == "ident" and text in functions and toks[index + 1][1] == "(":
             end = _skip_group(toks, index + 1)
-            yield text, metric_names(toks[index + 2:end - 1])
+            names = metric_names(toks[index + 2:end - 1])
+            if not names:
+                raise ValueError(f"{text}() of no metric name that can be read: {expr}")
+            yield text, names
 
 
 def dashboard_queries(path: Path) -> Iterator[tuple[str, str]]:

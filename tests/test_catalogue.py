@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, SIM_PASSWORD, SIM_USER
 from inproc import Running, password, running_exporter
 from prometheus_client.parser import text_string_to_metric_families
+from reference import parse
 
 from polarity_exporter import metrics
 from polarity_exporter.simulator import Simulator, SimulatorConfig
@@ -101,3 +102,52 @@ def test_the_readme_metrics_table_is_generated_from_the_catalogue() -> None:
     assert match.group(1) == metrics.markdown_table(), (
         "README metrics table is stale: paste `python -m polarity_exporter.metrics` between "
         "the markers")
+
+
+# --- a catalogue entry is all a per-integration metric needs --------------------------------------
+
+def _build_with(extra: list[metrics.Family], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The text exposition of a scrape of two listed integrations, with `extra` catalogued."""
+    from polarity_exporter.collector import ScrapeResult, build_families
+    from polarity_exporter.config import CollectorConfig
+    from polarity_exporter.exposition import encode_text
+    from polarity_exporter.models import Integration
+
+    monkeypatch.setattr(metrics, "CATALOGUE", (*metrics.CATALOGUE, *extra))
+    result = ScrapeResult(authenticated=True, integrations={
+        i: Integration(i, f"name {i}", "A", version, "running", None)
+        for i, version in (("a", "1.2"), ("b", "beta"))})
+    return encode_text(build_families(result, CollectorConfig())).decode()
+
+
+def test_a_new_per_integration_counter_needs_only_its_catalogue_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    restarts = metrics.Family(
+        "polarity_integration_test_restarts_total", "counter", "Restarts.", ("integration_id",),
+        "integration", per_integration=lambda i: ({}, 3.0))
+    text = _build_with([restarts], monkeypatch)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = families["polarity_integration_test_restarts"].samples
+    assert {(s.name, s.labels["integration_id"], s.value) for s in samples} == {
+        ("polarity_integration_test_restarts_total", "a", 3.0),
+        ("polarity_integration_test_restarts_total", "b", 3.0)}
+
+
+def test_a_reader_failing_on_one_record_costs_that_sample_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    major = metrics.Family(
+        "polarity_integration_test_major", "gauge", "Major version.", ("integration_id",),
+        "integration", per_integration=lambda i: ({}, float(i.version.split(".")[0])))
+    samples = parse(_build_with([major], monkeypatch))
+    assert samples["polarity_integration_test_major"] == {frozenset({("integration_id", "a")}): 1}
+    assert samples["polarity_scrape_unreadable_fields"][frozenset(
+        {("collector", "integrations"), ("field", "polarity_integration_test_major")})] == 1
+    assert len(samples["polarity_integration_info"]) == 2
+
+
+def test_a_reader_cannot_replace_the_integration_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    sneaky = metrics.Family(
+        "polarity_integration_test_sneaky", "gauge", "Sneaky.", ("integration_id",),
+        "integration", per_integration=lambda i: ({"integration_id": "x"}, 1.0))
+    samples = parse(_build_with([sneaky], monkeypatch))
+    assert "polarity_integration_test_sneaky" not in samples

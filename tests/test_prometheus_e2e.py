@@ -672,6 +672,24 @@ def test_the_query_reader_finds_the_arguments_of_counter_functions() -> None:
     assert calls == [("rate", ["polarity_up"]), ("increase", ["foo_total"])]
 
 
+@pytest.mark.parametrize(("expr", "names"), [
+    ('rate({__name__="polarity_up"}[5m])', ["polarity_up"]),
+    ('increase({__name__=~"polarity_up|foo_total"}[1h])', ["polarity_up", "foo_total"]),
+    ("rate((1-polarity_up)[5m:1m])", ["polarity_up"]),
+    ("rate($metric[5m])", ["$metric"]),
+    ("rate(start[5m] @ end())", ["start"]),
+    ("resets(max by (job) (polarity_up)[1h:])", ["polarity_up"]),
+])
+def test_the_query_reader_does_not_miss_a_metric_name(expr: str, names: list[str]) -> None:
+    (call,) = promql.counter_function_arguments(expr)
+    assert call[1] == names
+
+
+def test_a_counter_function_of_nothing_readable_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no metric name"):
+        list(promql.counter_function_arguments("rate(1e3[5m])"))
+
+
 def test_the_queries_are_all_read() -> None:
     queries = every_query()
     assert len(queries) > 30  # both dashboards' panels and variables, and every rule, twice
@@ -687,4 +705,14 @@ def test_counter_functions_apply_only_to_counters_of_a_real_scrape(stack: Stack)
                 kind = types.get(name, "not in the scrape")
                 if kind != "counter":
                     wrong.append(f"{where}: {function}({name}) but {name} is {kind}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_gauge_functions_apply_only_to_gauges_of_a_real_scrape(stack: Stack) -> None:
+    # The reverse mistake: delta() or deriv() of a counter ignores its resets.
+    types = scraped_types(stack)
+    wrong = [f"{where}: {function}({name}) but {name} is {types.get(name, 'not scraped')}"
+             for where, expr in every_query()
+             for function, names in promql.function_arguments(expr, promql.GAUGE_FUNCTIONS)
+             for name in names if types.get(name) != "gauge"]
     assert not wrong, "\n".join(wrong)
