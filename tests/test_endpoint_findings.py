@@ -259,6 +259,19 @@ def test_3_a_failing_request_is_logged_once_per_interval(sim: Simulator) -> None
         assert "Traceback" not in exp.logs.text()
 
 
+def test_a_fetch_that_fails_unexpectedly_still_answers_up_zero(sim: Simulator) -> None:
+    with running_exporter(sim.url, CREDS) as exp:
+        def broken(_deadline: Any) -> Any:
+            raise ValueError("boom")
+
+        assert exp.exporter.polarity is not None
+        exp.exporter.polarity.shared._fetch = broken
+        scrape = exp.scrape()
+        assert scrape.response.status_code == 200 and scrape.up == 0
+        assert len(exp.logs.matching("Polarity fetch failed unexpectedly", "boom")) == 1
+        assert "Traceback" not in exp.logs.text()
+
+
 # 4: the Polarity URL ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url", ["ftp://user:S3cretPW@host", "https://user:S3cretPW@",
