@@ -355,19 +355,13 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     sample(metrics.BUILD_INFO, {"version": __version__}, 1.0)
     errors = _ErrorSamples(families, result.errors, config) \
         if result.errors is not None else None
-    listed = [(spec, families[spec]) for spec in metrics.CATALOGUE
+    listed = [_Listed(spec, families[spec]) for spec in metrics.CATALOGUE
               if spec.per_integration is not None]
     problems = result.problems["integrations"]
     for label, integration in (result.integrations or {}).items():
         by_id = {"integration_id": label}
-        for spec, family in listed:
-            found = _read(spec, integration, problems)
-            if found is None:
-                continue
-            more, value = found
-            labels = by_id if not more else \
-                {**{k: clean(v) for k, v in more.items()}, "integration_id": label}
-            family.samples.append(Sample(spec.name, labels, value))
+        for entry in listed:
+            entry.add(integration, label, by_id, clean, problems)
         if errors is not None:
             errors.add(label, by_id)
         elif integration.error_refs is not None:
@@ -384,20 +378,32 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     return families.all()
 
 
-def _read(spec: metrics.Family, integration: Integration,
-          problems: Problems) -> tuple[dict[str, str], float] | None:
-    """One integration's sample of a per-integration family; a reader that fails on a record
-    (a bug, or a value it did not expect) costs that sample only, counted under the family's
-    name in polarity_scrape_unreadable_fields."""
-    assert spec.per_integration is not None
-    try:
-        found = spec.per_integration(integration)
-        if found is not None and set(found[0]) != set(spec.labels) - {"integration_id"}:
-            raise ValueError(f"labels {sorted(found[0])} are not the catalogue's")
-        return found
-    except Exception:
-        problems[spec.name] += 1
-        return None
+class _Listed:
+    """Adds the samples of one per-integration family (metrics.Family.per_integration)."""
+
+    __slots__ = ("family", "more", "name", "read")
+
+    def __init__(self, spec: metrics.Family, family: Metric) -> None:
+        assert spec.per_integration is not None
+        self.read, self.name, self.family = spec.per_integration, spec.name, family
+        self.more = frozenset(spec.labels) - {"integration_id"}  # what the reader must return
+
+    def add(self, integration: Integration, label: str, by_id: dict[str, str],
+            clean: LabelCleaner, problems: Problems) -> None:
+        """A reader that fails on a record (a bug, or a value it did not expect) costs that
+        sample only, counted under the family's name in polarity_scrape_unreadable_fields."""
+        try:
+            found = self.read(integration)
+            if found is None:
+                return
+            more, value = found
+            if more.keys() != self.more:
+                raise ValueError(f"labels {sorted(more)} are not the catalogue's")
+            labels = {**{k: clean(v) for k, v in more.items()}, "integration_id": label} \
+                if more else by_id
+            self.family.samples.append(Sample(self.name, labels, float(value)))
+        except Exception:
+            problems[self.name] += 1
 
 
 class _Families:

@@ -53,9 +53,11 @@ def tune_allocator() -> None:
 # summaries, samples) that live until the answer is written and form no reference cycles; at
 # the default, every batch of survivors pushed the collector into full passes over the whole
 # heap: measured 4-5 per scrape of 10,000 integrations, a third of its CPU. At this threshold a
-# full pass needs 10^6 net allocations, more than a scrape makes. Reference counting frees the
-# scrape's objects as before; the few cycles (exception tracebacks) wait a little longer.
-GC_THRESHOLD = (10_000, 10, 10)
+# scrape of a few thousand records makes at most one young pass, and a full pass needs 4*10^7
+# net allocations. (10,000 was measured too: 10% more CPU per ordinary scrape than switching
+# the collector off, against none at this value; bench/README.md.) Reference counting frees
+# the scrape's objects as before; the few cycles (exception tracebacks) wait a little longer.
+GC_THRESHOLD = (100_000, 20, 20)
 
 
 def tune_process() -> None:
