@@ -221,16 +221,28 @@ class Authenticator:
     def _store(self, token: str, expires: float) -> None:
         now = self.clock()
         with self._cond:
-            self._token = token
-            self._generation += 1
-            if expires <= now:
-                # Already past on arrival (clock skew): use it until Polarity says 401, then
-                # log in once; refreshing it would only loop.
-                self._refresh_at = 0.0
+            if self._closed:
+                # Logged out while this login was on its way (a reload retired the server):
+                # the new session is not kept, and is ended at once (after the lock is let go).
+                late = token
             else:
-                # A minute ahead for real tokens (hours or days); halfway for short-lived ones.
-                margin = min(60.0, 0.5 * (expires - now))
-                self._refresh_at = expires - margin
+                late = None
+                self._store_locked(token, expires, now)
+        if late is not None:
+            self._end_session(late, Deadline(5.0))
+            raise PolarityError("the exporter no longer uses this server (logged out)")
+
+    def _store_locked(self, token: str, expires: float, now: float) -> None:
+        self._token = token
+        self._generation += 1
+        if expires <= now:
+            # Already past on arrival (clock skew): use it until Polarity says 401, then log in
+            # once; refreshing it would only loop.
+            self._refresh_at = 0.0
+        else:
+            # A minute ahead for real tokens (hours or days); halfway for short-lived ones.
+            margin = min(60.0, 0.5 * (expires - now))
+            self._refresh_at = expires - margin
 
     def logout(self, deadline: Deadline) -> None:
         """Invalidate the session token (password logins only) and refuse to log in again;
@@ -239,8 +251,10 @@ class Authenticator:
             token, self._token = self._token, None
             self._closed = True
             self._cond.notify_all()
-        if token is None:
-            return
+        if token is not None:
+            self._end_session(token, deadline)
+
+    def _end_session(self, token: str, deadline: Deadline) -> None:
         what = f"logout from {self._transport.base_url}"
         try:
             with self._transport.exchange("POST", "/api/users/logout", deadline, what,

@@ -21,7 +21,7 @@ from polarity_exporter.client import PolarityClient
 from polarity_exporter.config import Config, ConfigError
 from polarity_exporter.httpserver import BoundedServer
 from polarity_exporter.memory import release_free_memory
-from polarity_exporter.servers import Fleet, Server, build_info
+from polarity_exporter.servers import Fleet, Reloader, Server, build_info
 from polarity_exporter.targets import load_targets
 from polarity_exporter.web import ExporterApp, Landing, bind
 
@@ -36,6 +36,7 @@ class Exporter:
     app: ExporterApp
     polarity: Server | None  # --polarity.url: the server /metrics serves
     fleet: Fleet | None  # --config.file: the targets /probe serves
+    reloader: Reloader | None  # and what reloads them
     scheme: str
 
     @property
@@ -69,10 +70,12 @@ def build_exporter(config: Config) -> Exporter:
     """Wire the exporter; a ConfigError (exit 2) when the targets file or the port is bad."""
     security = config.web.security
     fleet: Fleet | None = None
+    reloader: Reloader | None = None
     if config.targets_file is not None:
         path = config.targets_file
         fleet = Fleet(lambda: load_targets(path), config.collector, config.cache_ttl)
         fleet.start()
+        reloader = Reloader(fleet)
     polarity = Server(config.polarity, config.collector, config.cache_ttl) \
         if config.polarity is not None else None
     process = ProcessCollector(registry=None)
@@ -87,13 +90,13 @@ def build_exporter(config: Config) -> Exporter:
 
     timeouts = config.polarity.timeout if config.polarity is not None else 10.0
     landing = config.polarity.url if config.polarity is not None else \
-        f"{len(fleet.names()) if fleet else 0} targets from {config.targets_file}"
+        f"the targets of {config.targets_file} (/probe?target=NAME)"
     app = ExporterApp(scrape, telemetry_path=config.web.telemetry_path,
                       default_timeout=timeouts, timeout_offset=config.web.timeout_offset,
                       landing=Landing("Polarity Exporter", __version__, landing),
                       security=security, after_scrape=release_free_memory,
                       encoded=polarity.shared.encoded if polarity is not None else None,
-                      fleet=fleet)
+                      fleet=fleet, reloader=reloader)
     tls = security.ssl_context() if security is not None else None
     try:
         server = bind(app, config.web.host, config.web.port, tls=tls)
@@ -103,11 +106,14 @@ def build_exporter(config: Config) -> Exporter:
                 part.close()
         raise ConfigError(f"cannot listen on {config.web.host}:{config.web.port}: "
                           f"{exc.strerror or exc}") from None
-    return Exporter(server, app, polarity, fleet, "https" if tls else "http")
+    return Exporter(server, app, polarity, fleet, reloader, "https" if tls else "http")
 
 
 def run(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight scrapes and log out."""
+    # Before anything slow (loading the targets): SIGHUP's default action ends the process,
+    # and without --config.file there is nothing to reload.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     exporter = build_exporter(config)
     security = config.web.security
     stop = threading.Event()
@@ -118,8 +124,11 @@ def run(config: Config) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if exporter.fleet is not None:
-        _reload_on_sighup(exporter.fleet)
+    if exporter.reloader is not None:
+        reloader = exporter.reloader
+        # The handler only asks the reload thread: a reload reads files, and must not run
+        # inside a signal handler, which interrupts whatever the main thread does.
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: reloader.request())
     exporter.serve()
     host = config.web.host or "localhost"
     host = f"[{host}]" if ":" in host else host
@@ -133,17 +142,3 @@ def run(config: Config) -> None:
     stop.wait()
     exporter.close(config.web.shutdown_timeout)
 
-
-def _reload_on_sighup(fleet: Fleet) -> None:
-    """SIGHUP reloads --config.file. The handler only wakes a thread: a reload reads files
-    and must not run inside a signal handler, which interrupts whatever the main thread does."""
-    wanted = threading.Event()
-
-    def reloader() -> None:
-        while True:
-            wanted.wait()
-            wanted.clear()
-            fleet.reload()
-
-    threading.Thread(target=reloader, name="reload", daemon=True).start()
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: wanted.set())

@@ -459,7 +459,9 @@ class BoundedServer:
             sock.close()
 
 
-_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(.*?)[ \t]*$", re.I | re.M)
+# Header lines end in CRLF: the value stops before the CR (with re.M alone, "$" matches only
+# before the LF, and a Content-Length that is not the last line would keep its CR).
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
 _EXPECT_CONTINUE = re.compile(rb"^expect:[ \t]*100-continue", re.I | re.M)
 _BAD_NAME = re.compile(rb"^[^:\r\n]*[ \t][^:\r\n]*:", re.M)  # a header name with blanks
 

@@ -106,9 +106,14 @@ class SharedScrape:
                 return self._serve(cached)
             flight = self._flight
             if flight is None:
-                flight = self._flight = _Flight(Deadline(timeout - reserve, self._clock),
-                                                started=self._clock())
-                self._runner.submit(self._run, flight)
+                flight = _Flight(Deadline(timeout - reserve, self._clock), started=self._clock())
+                try:
+                    self._runner.submit(self._run, flight)
+                except RuntimeError:  # closed: a reload retired this server a moment ago
+                    flight.failed = True
+                    flight.done.set()
+                else:
+                    self._flight = flight
             else:
                 latest = flight.started + self._max_lifetime
                 flight.deadline.extend_to(min(fetch_by, latest - reserve))

@@ -13,8 +13,12 @@ Reload (SIGHUP, POST /-/reload) replaces the target set:
          +--invalid--> last good set kept   changed or new: a fresh Server               a thread
                        reload state 0       removed: retired                             (logout)
 
-Reloads may overlap (a signal and a POST): each is numbered when it starts, and one that
-finishes after a later one has been applied is dropped, so the newest file read always wins.
+Reloads run one at a time on the `Reloader`'s thread, never on an HTTP worker: a request for
+a reload made while one runs is served by the next one, which reads the file again, so the
+newest file always wins and what /-/reload answers is what is in effect.
+
+A retired server finishes the fetch it has in flight (bounded by that fetch's deadline), then
+logs out: the probe waiting for it gets its answer, and no session is left open.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ from polarity_exporter.scrapecache import SharedScrape
 log = logging.getLogger(__name__)
 
 Load = Callable[[], dict[str, PolarityConfig]]  # reads and checks the targets file
+# Probes of one target that may wait for it at once (an HA pair scraping it, and retries); more
+# are answered at once with polarity_up 0. A hung target holds an HTTP worker per waiting probe
+# until its deadline: without a cap, forty probes of it would hold every worker.
+MAX_WAITING_PROBES = 4
+# Logging out of every target at shutdown, in parallel: at most this long in all.
+SHUTDOWN_LOGOUT_SECONDS = 5.0
 
 
 class Server:
@@ -65,26 +75,32 @@ class Server:
     def __call__(self, timeout: float) -> list[Metric]:
         return self.shared(timeout)
 
-    def close(self) -> None:
-        """Stop its threads without waiting for a fetch in flight (each ends at its own
-        deadline), then log out; the client refuses to log in again."""
-        self.shared.close(wait=False)
-        self.collector.close(wait=False)
+    def late(self, timeout: float) -> list[Metric]:
+        """The answer when nothing can be asked of Polarity in time: polarity_up 0."""
+        return self.collector.build(ScrapeResult(timeout=timeout))
+
+    def close(self, wait: bool = False) -> None:
+        """Stop its threads, then log out; the client refuses to log in again. With `wait`,
+        after the fetch in flight ends (at its own deadline), so that the scrapes waiting for
+        it get its answer."""
+        self.shared.close(wait=wait)
+        self.collector.close(wait=wait)
         self.client.close()
 
 
 @dataclass
-class _Counts:
+class _Target:
+    server: Server
     probes: int = 0
     failures: int = 0  # probes that answered polarity_up 0
+    waiting: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_WAITING_PROBES))
 
 
 @dataclass
 class _ReloadState:
     successful: bool = True
     last_success: float = field(default_factory=time.time)
-    started: int = 0  # reloads started (numbering)
-    applied: int = 0  # number of the newest reload applied
 
 
 class Fleet:
@@ -97,8 +113,7 @@ class Fleet:
         self._cache_ttl = cache_ttl
         self._clock = clock
         self._lock = threading.Lock()  # guards the fields below; never held across I/O
-        self._servers: dict[str, Server] = {}
-        self._counts: dict[str, _Counts] = {}
+        self._targets: dict[str, _Target] = {}
         self._state = _ReloadState(last_success=clock())
         self._closed = False
 
@@ -106,83 +121,85 @@ class Fleet:
 
     def start(self) -> None:
         """The first load: a ConfigError here stops the exporter (exit 2)."""
-        self._apply(self._load(), self._begin())
-
-    def get(self, name: str) -> Server | None:
-        with self._lock:
-            return self._servers.get(name)
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return list(self._servers)
+        self._apply(self._load())
 
     def reload(self) -> str | None:
         """Read the file again and apply it; None when it was applied, else the one-line reason
-        it was not (the last good set stays)."""
-        number = self._begin()
+        it was not (the last good set stays). Called by the Reloader, one at a time."""
         try:
             configs = self._load()
-        except ConfigError as exc:
+        except Exception as exc:  # ConfigError, or a bug: either way the last good set stays
+            reason = str(exc) if isinstance(exc, ConfigError) else \
+                f"unexpected {type(exc).__name__}"
             with self._lock:
                 self._state.successful = False
-            log.error("reload failed; keeping the last good targets", extra={"err": str(exc)})
-            return str(exc)
-        self._apply(configs, number)
+            log.error("reload failed; keeping the last good targets", extra={"err": reason})
+            return reason
+        self._apply(configs)
         return None
 
-    def _begin(self) -> int:
-        with self._lock:
-            self._state.started += 1
-            return self._state.started
-
-    def _apply(self, configs: dict[str, PolarityConfig], number: int) -> None:
+    def _apply(self, configs: dict[str, PolarityConfig]) -> None:
         retired: list[Server] = []
-        added: list[str] = []
+        changed = 0
         with self._lock:
-            if self._closed or number < self._state.applied:
-                return  # a later reload was applied meanwhile: its file is newer
-            servers: dict[str, Server] = {}
+            if self._closed:
+                return
+            current = self._targets
+            targets: dict[str, _Target] = {}
             for name, config in configs.items():
-                current = self._servers.get(name)
-                if current is not None and current.config == config:
-                    servers[name] = current  # its session and token are kept
+                kept = current.get(name)
+                if kept is not None and kept.server.config == config:
+                    targets[name] = kept  # its session, token and counters are kept
                     continue
-                if current is not None:
-                    retired.append(current)
-                servers[name] = Server(config, self._collector, self._cache_ttl)  # no I/O
-                added.append(name)
-            retired += [s for name, s in self._servers.items() if name not in configs]
-            removed = [name for name in self._servers if name not in configs]
-            self._servers = servers
-            # Counters of removed targets go with them: the label set is the configured one.
-            self._counts = {name: self._counts.get(name, _Counts()) for name in servers}
-            self._state.successful, self._state.applied = True, number
+                if kept is not None:
+                    retired.append(kept.server)
+                # A Server's constructor does no I/O: it is safe under the lock.
+                targets[name] = _Target(Server(config, self._collector, self._cache_ttl))
+                if kept is not None:  # a changed target keeps its counters
+                    targets[name].probes, targets[name].failures = kept.probes, kept.failures
+                changed += 1
+            removed = [name for name in current if name not in configs]
+            retired += [current[name].server for name in removed]
+            self._targets = targets  # counters of removed targets go with them
+            self._state.successful = True
             self._state.last_success = self._clock()
-        log.info("targets loaded", extra={"targets": len(configs), "new_or_changed": len(added),
+        log.info("targets loaded", extra={"targets": len(configs), "new_or_changed": changed,
                                           "removed": len(removed)})
-        _close_in_background(retired)
+        _retire_in_background(retired)
 
     # --- probes -------------------------------------------------------------------------
 
-    def probe(self, name: str, timeout: float) -> list[Metric] | None:
-        """The target's families, answered within `timeout`; None for an unknown name."""
-        server = self.get(name)
-        if server is None:
-            return None
-        families = server(timeout)
-        up = _up(families)
+    def probe(self, name: str,
+              timeout_for: Callable[[Server], float]) -> tuple[Server, list[Metric]] | None:
+        """The target's server and families, answered within `timeout_for(server)` (a scrape's
+        deadline depends on the target's own timeout); None for an unknown name. The server is
+        looked up once, so a reload meanwhile cannot mix two servers in one answer."""
         with self._lock:
-            counts = self._counts.get(name)
-            if counts is not None:  # not removed by a reload meanwhile
-                counts.probes += 1
-                counts.failures += not up
-        return families
+            target = self._targets.get(name)
+        if target is None:
+            return None
+        server = target.server
+        deadline = timeout_for(server)
+        if target.waiting.acquire(blocking=False):
+            try:
+                families = server(deadline)
+            finally:
+                target.waiting.release()
+        else:
+            log.warning("too many probes waiting for this target; answering polarity_up 0 at "
+                        "once", extra={"target": name, "waiting": MAX_WAITING_PROBES})
+            families = server.late(deadline)
+        up = _up(families)
+        with self._lock:  # counted on the target probed, even if a reload replaced it since
+            target.probes += 1
+            target.failures += not up
+        return server, families
 
     def families(self) -> list[Metric]:
         """The exporter's own families for /metrics: reload state and per-target counters."""
         with self._lock:
             state = self._state
-            counts = [(name, c.probes, c.failures) for name, c in self._counts.items()]
+            counts = [(name, t.probes, t.failures) for name, t in self._targets.items()]
             successful, last_success = state.successful, state.last_success
         reloaded = metrics.CONFIG_RELOAD_SUCCESSFUL.new()
         reloaded.samples.append(Sample(reloaded.name, {}, 1.0 if successful else 0.0))
@@ -197,11 +214,57 @@ class Fleet:
         return [reloaded, when, probes, failures]
 
     def close(self) -> None:
+        """Log out of every target, in parallel, for at most SHUTDOWN_LOGOUT_SECONDS."""
         with self._lock:
             self._closed = True
-            servers, self._servers = list(self._servers.values()), {}
-        for server in servers:
-            server.close()
+            servers = [target.server for target in self._targets.values()]
+            self._targets = {}
+        threads = [threading.Thread(target=server.close, name="logout", daemon=True)
+                   for server in servers]
+        for thread in threads:
+            thread.start()
+        until = time.monotonic() + SHUTDOWN_LOGOUT_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, until - time.monotonic()))
+
+
+class Reloader:
+    """Reloads the fleet on its own thread, one reload at a time.
+
+    `request()` asks for a reload and returns its number; `wait(number)` waits until a reload
+    that started after the request has finished and returns its outcome. Requests made while a
+    reload runs are all served by the next one, which reads the file again.
+    """
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._done = 0
+        self._outcome: str | None = None
+        threading.Thread(target=self._loop, name="reload", daemon=True).start()
+
+    def request(self) -> int:
+        with self._cond:
+            self._requested += 1
+            self._cond.notify_all()
+            return self._requested
+
+    def wait(self, number: int, timeout: float) -> tuple[bool, str | None]:
+        """(finished in time, None or the reason the reload failed)."""
+        with self._cond:
+            finished = self._cond.wait_for(lambda: self._done >= number, timeout)
+            return finished, self._outcome
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._requested > self._done)
+                number = self._requested  # this reload serves every request so far
+            outcome = self._fleet.reload()  # never raises: failures are its outcome
+            with self._cond:
+                self._done, self._outcome = number, outcome
+                self._cond.notify_all()
 
 
 def build_info() -> Metric:
@@ -227,12 +290,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _close_in_background(servers: list[Server]) -> None:
-    """Log retired servers out without holding up the reload that retired them (a logout
-    waits for Polarity for up to 5 s)."""
-    def retire() -> None:
-        for server in servers:
-            server.close()
-
-    if servers:
-        threading.Thread(target=retire, name="retire", daemon=True).start()
+def _retire_in_background(servers: list[Server]) -> None:
+    """Retired servers finish their fetch in flight, then log out, without holding up the
+    reload that retired them (a fetch lasts up to its deadline, a logout up to 5 s)."""
+    for server in servers:
+        threading.Thread(target=server.close, kwargs={"wait": True}, name="retire",
+                         daemon=True).start()

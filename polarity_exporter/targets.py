@@ -43,7 +43,6 @@ from polarity_exporter.config import (
     PolarityConfig,
     choose_credentials,
     normalize_url,
-    read_secret_file,
 )
 
 # A target name becomes the `instance` label value and the `target` query parameter of /probe.
@@ -75,6 +74,7 @@ MIN_TIMEOUT = 0.1
 _SECRETS = (("api_key", "api_key_file"), ("username", "username_file"),
             ("password", "password_file"))
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_KEY_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 # Plain YAML only. Explicit tags are refused before construction; above all because an unquoted
 # password that starts with "!" is read as a tag, and a message naming the tag would show it.
 _TAGS = {f"tag:yaml.org,2002:{name}" for name in
@@ -84,9 +84,20 @@ _QUOTED = re.compile(r""" ?(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
 
 def read_secret(path: str, label: str) -> str:
-    """config.read_secret_file, for regular files of at most MAX_SECRET_BYTES only."""
-    _check_regular_file(path, MAX_SECRET_BYTES, label)
-    return read_secret_file(path, label)
+    """A secret file's content (a regular file of at most MAX_SECRET_BYTES, UTF-8, its trailing
+    newline dropped). Messages never repeat the path: a password pasted where the path of its
+    file belongs would otherwise be logged and answered to /-/reload."""
+    _check_regular_file(path, MAX_SECRET_BYTES, label, show_path=False)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SECRET_BYTES + 1)
+        value = data.decode("utf-8").rstrip("\r\n")
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"cannot read {label}: {reason}") from None
+    if not value:
+        raise ConfigError(f"{label} is empty")
+    return value
 
 
 def load_targets(path: str) -> dict[str, PolarityConfig]:
@@ -121,12 +132,19 @@ def parse_targets(
 
 def _read_config(path: str, source: str) -> str:
     try:
-        with open(path, "rb") as handle:
+        # Non-blocking, and only a regular file: a FIFO or a device put in its place must fail
+        # the (re)load at once, not hang the thread that reloads.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(f"config file {source} is not a regular file")
             # One byte more than allowed tells "too large" apart from "exactly at the limit".
             data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {source}: "
-                          f"{exc.strerror or type(exc).__name__}") from None
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "invalid path"
+        raise ConfigError(f"cannot read config file {source}: {reason}") from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(f"config file {source}: larger than {MAX_FILE_BYTES} bytes")
     try:
@@ -325,7 +343,10 @@ def _target(body: object, read_secret: ReadSecret, base_dir: str | None) -> Pola
         raise ConfigError("must be a mapping with at least \"url\" and credentials")
     for key in body:
         if key not in KEYS:
-            raise ConfigError(f"key {_quote(_text(key))}: unknown key{_suggest(key)}")
+            # Echoed only when it looks like a key: "password:s3cret:" (no space after the
+            # colon) is one YAML key that holds a password.
+            shown = _quote(_text(key)) if _KEY_LIKE.fullmatch(_text(key)) else "(not shown)"
+            raise ConfigError(f"key {shown}: unknown key{_suggest(key)}")
     # A key set to null counts as not given, as YAML writes a blank value.
     values = {key: value for key, value in body.items() if value is not None}
     for key in _STRINGS:
@@ -342,7 +363,7 @@ def _target(body: object, read_secret: ReadSecret, base_dir: str | None) -> Pola
     try:
         url = normalize_url(raw_url)
     except ConfigError as exc:
-        raise _key_error("url", _without_flag(str(exc))) from None
+        raise _key_error("url", _url_problem(str(exc))) from None
     files = {key: _resolve(values[key], base_dir) for key in KEYS
              if key.endswith("_file") and key in values}
     ca_file = files.get("ca_file")
@@ -418,18 +439,20 @@ def _resolve(path: str, base_dir: str | None) -> str:
     return os.path.join(base_dir, path) if base_dir is not None else path
 
 
-def _check_regular_file(path: str, limit: int, label: str) -> None:
+def _check_regular_file(path: str, limit: int, label: str, show_path: bool = True) -> None:
     """Raise unless `path` is a regular file (a symlink to one, as in a Kubernetes Secret volume,
-    is fine) of at most `limit` bytes."""
+    is fine) of at most `limit` bytes. `show_path`: name the path in the message (never for a
+    secret's file)."""
+    named = f"{label} {_one_line(path)}" if show_path else label
     try:
         info = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {label} {_one_line(path)}: "
-                          f"{exc.strerror or type(exc).__name__}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "invalid path"
+        raise ConfigError(f"cannot read {named}: {reason}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{label} {_one_line(path)} is not a regular file")
+        raise ConfigError(f"{named} is not a regular file")
     if info.st_size > limit:
-        raise ConfigError(f"{label} {_one_line(path)} is larger than {limit} bytes")
+        raise ConfigError(f"{named} is larger than {limit} bytes")
 
 
 def _check_ca(path: str) -> None:
@@ -488,10 +511,17 @@ def _key_error(key: str, problem: str) -> ConfigError:
     return ConfigError(f"key {_quote(key)}: {problem}")
 
 
-def _without_flag(message: str) -> str:
-    """normalize_url's message, reworded for a file key: it names the flag --polarity.url."""
-    message = message.removeprefix("--polarity.url ").replace("--polarity.url", "the URL")
-    return message.replace("use the credential flags", "use the credential keys")
+def _url_problem(message: str) -> str:
+    """normalize_url's reason, without the URL it quotes: a URL may carry a key in its query
+    or a password as its port, and this message is logged and answered to /-/reload."""
+    for needle, problem in (
+            ("credentials", "must not contain credentials; use the credential keys"),
+            ("query or fragment", "must not have a query or fragment"),
+            ("http(s) URL with a host", "is not an http(s) URL with a host"),
+    ):
+        if needle in message:
+            return problem
+    return "is not a valid URL"
 
 
 def _suggest(key: object) -> str:

@@ -26,7 +26,7 @@ from polarity_exporter.exposition import choose
 from polarity_exporter.httpserver import BoundedServer, listen, one_line_error
 
 if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
-    from polarity_exporter.servers import Fleet
+    from polarity_exporter.servers import Fleet, Reloader
     from polarity_exporter.webconfig import BasicAuth, WebSecurity
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,12 @@ MIN_TIMEOUT = 0.5
 PROBES = frozenset({"/-/healthy", "/-/ready"})  # Kubernetes' probes: answered inline
 PROBE = "/probe"  # a --config.file target's metrics
 RELOAD = "/-/reload"
+# How long POST /-/reload waits for its reload (which runs on its own thread) before it
+# answers 503: a config file on a hung mount must not hold an HTTP worker forever.
+RELOAD_WAIT = 30.0
+# Longest query string /probe reads; a longer one is refused, never cut (a cut could turn
+# ?target=prodlab into ?target=prod).
+MAX_QUERY = 4096
 # Free memory is handed back to the system only after answers this large: a small scrape
 # leaves little to hand back, and trimming the heap costs CPU every time.
 TRIM_AFTER_BYTES = 1024 * 1024
@@ -76,9 +82,10 @@ class ExporterApp:
                  security: WebSecurity | None = None,
                  after_scrape: Callable[[], None] | None = None,
                  encoded: Callable[[float], None] | None = None,
-                 fleet: Fleet | None = None) -> None:
+                 fleet: Fleet | None = None, reloader: Reloader | None = None) -> None:
         self._scrape = scrape
-        self._fleet = fleet  # --config.file: /probe and /-/reload
+        self._fleet = fleet  # --config.file: /probe
+        self._reloader = reloader  # and /-/reload
         self._encoded = encoded  # told how long each answer took to encode
         self._after_scrape = after_scrape
         self._security = security
@@ -152,7 +159,7 @@ class ExporterApp:
 
     def _route(self, path: str, environ: dict[str, Any],
                start_response: StartResponse) -> list[bytes]:
-        if path == RELOAD and self._fleet is not None:
+        if path == RELOAD and self._reloader is not None:
             return self._reload(environ, start_response)
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
             return _reply(start_response, "405 Method Not Allowed", b"method not allowed\n",
@@ -181,24 +188,24 @@ class ExporterApp:
         """/probe?target=NAME: a configured target's families. Anything else is a 400 before
         any connection is made: the request never chooses where the exporter connects."""
         name, problem = probe_target(environ.get("QUERY_STRING", ""))
-        server = fleet.get(name) if not problem else None
-        if not problem and server is None:
-            problem = f"unknown target {name[:64]!r}: not in --config.file"
-        if problem or server is None:
+        probed = fleet.probe(name, lambda server: self.scrape_timeout(
+            environ, server.config.timeout)) if not problem else None
+        if probed is None:
+            problem = problem or f"unknown target {name[:64]!r}: not in --config.file"
             return _reply(start_response, "400 Bad Request", f"{problem}\n".encode())
-        timeout = self.scrape_timeout(environ, server.config.timeout)
-        families = fleet.probe(name, timeout)
-        if families is None:  # removed by a reload since the lookup
-            return _reply(start_response, "400 Bad Request",
-                          f"unknown target {name!r}: not in --config.file\n".encode())
+        server, families = probed
         return self._answer(families, environ, start_response, server.shared.encoded)
 
     def _reload(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        assert self._fleet is not None
+        assert self._reloader is not None
         if environ.get("REQUEST_METHOD") != "POST":
             return _reply(start_response, "405 Method Not Allowed", b"use POST to reload\n",
                           extra=[("Allow", "POST")])
-        problem = self._fleet.reload()
+        finished, problem = self._reloader.wait(self._reloader.request(), RELOAD_WAIT)
+        if not finished:
+            return _reply(start_response, "503 Service Unavailable",
+                          b"reload still running; see the log and "
+                          b"polarity_exporter_config_last_reload_successful\n")
         if problem is not None:
             return _reply(start_response, "500 Internal Server Error",
                           f"reload failed: {problem}\n".encode())
@@ -244,8 +251,10 @@ class ExporterApp:
 def probe_target(query: str) -> tuple[str, str]:
     """(the target name, "") from /probe's query string, or ("", the one-line reason it is
     refused): exactly one `target`, a name, never a URL."""
+    if len(query) > MAX_QUERY:
+        return "", f"query string longer than {MAX_QUERY} characters"
     try:
-        params = parse_qs(query[:4096], keep_blank_values=True, strict_parsing=bool(query),
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query),
                           max_num_fields=16)
     except ValueError:
         return "", "bad query string: want ?target=NAME"

@@ -296,6 +296,8 @@ BROKEN = {
     "unknown-key": "targets:\n  prod:\n    url: http://127.0.0.1:1\n    pasword: x\n",
     "no-url": "targets:\n  prod:\n    username: u\n    password: p\n",
     "empty": "",
+    "nul-in-a-file-path": 'targets:\n  prod:\n    url: http://127.0.0.1:1\n    username: u\n'
+                          '    password_file: "pw\\0x"\n',
 }
 
 
@@ -399,3 +401,117 @@ def test_the_config_file_flag_has_its_environment_variable(tmp_path: Path,
         proc.terminate()
         proc.wait(20)
     assert os.path.exists(targets.path)
+
+
+# --- found by review: reload clients, sessions, hung targets, odd files -----------------------
+
+@pytest.mark.parametrize("body", [b"", b"{}"], ids=["empty-body", "json-body"])
+def test_reload_accepts_a_post_with_a_content_length_and_basic_auth_headers(
+        fleet: Running, body: bytes) -> None:
+    # Content-Length is not the last header line here, as Go's and Python's clients send it.
+    response = requests.post(f"{fleet.url}/-/reload", data=body, auth=("any", "thing"),
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def test_a_reload_during_a_login_leaves_no_session_open(fleet: Running, targets: TargetsFile,
+                                                       sims: dict[str, Simulator]) -> None:
+    lab = sims["lab"]
+
+    def slow_login(request: Any, response: Any) -> Any:
+        if request.path == "/api/users/login":
+            time.sleep(1.0)  # the session exists on the server; the exporter has no token yet
+        return response
+
+    lab.faults = slow_login
+    results: list[Scrape] = []
+    probe = threading.Thread(target=lambda: results.append(fleet.probe("lab", timeout=5.0)))
+    probe.start()
+    deadline = time.monotonic() + 5
+    while lab.counts[LOGIN] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the login is on its way
+    targets.write(sims, lab={"timeout": 6})  # a changed target: its server is retired
+    assert reload(fleet).status_code == 200
+    probe.join(10)
+    assert results[0].up == 1  # the retired server finished the probe it had in flight
+    deadline = time.monotonic() + 10
+    while lab.counts[LOGOUT] < lab.counts[LOGIN] and time.monotonic() < deadline:
+        time.sleep(0.05)  # logged out by the retiring thread: no event to wait on
+    assert lab.counts[LOGIN] == lab.counts[LOGOUT] == 1
+
+
+def test_many_probes_of_a_hung_target_leave_workers_for_the_others(
+        tmp_path: Path, sims: dict[str, Simulator]) -> None:
+    with make_sim(9, 5, latency=30.0) as hung:
+        file = TargetsFile(tmp_path)
+        file.write({**sims, "hung": hung})
+        with running_exporter(None, None, targets_file=str(file.path)) as exp:
+            def probe_hung() -> int:
+                with requests.Session() as session:
+                    return session.get(f"{exp.url}/probe", params={"target": "hung"},
+                                       headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"},
+                                       timeout=30).status_code
+
+            pool = [threading.Thread(target=probe_hung) for _ in range(40)]
+            for thread in pool:
+                thread.start()
+            deadline = time.monotonic() + 5
+            while not hung.counts[LOGIN] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            started = time.monotonic()
+            healthy = exp.probe("prod", timeout=3.0)
+            elapsed = time.monotonic() - started
+            for thread in pool:
+                thread.join(30)
+            answered_at_once = exp.logs.matching("too many probes waiting")
+    assert healthy.up == 1 and elapsed < 1.0
+    assert answered_at_once
+
+
+def test_a_fifo_as_the_config_file_fails_the_reload_and_the_next_one_works(
+        fleet: Running, targets: TargetsFile, sims: dict[str, Simulator]) -> None:
+    targets.path.unlink()
+    os.mkfifo(targets.path)
+    response = reload(fleet)
+    assert response.status_code == 500 and "not a regular file" in response.text
+    targets.path.unlink()
+    targets.write(sims)
+    assert reload(fleet).status_code == 200
+
+
+def test_concurrent_reloads_all_answer_and_the_newest_file_wins(
+        fleet: Running, targets: TargetsFile, sims: dict[str, Simulator]) -> None:
+    with make_sim(5, 3) as apac:
+        targets.write({**sims, "apac": apac})
+        statuses: list[int] = []
+        posts = [threading.Thread(target=lambda: statuses.append(reload(fleet).status_code))
+                 for _ in range(10)]
+        for post in posts:
+            post.start()
+        for post in posts:
+            post.join(30)
+        targets.write({"apac": apac})
+        assert reload(fleet).status_code == 200  # made after the last write: it reads it
+        assert statuses == [200] * 10
+        assert fleet.probe("apac").up == 1
+        assert fleet.probe("prod").response.status_code == 400
+
+
+def test_a_query_string_too_long_is_refused_not_cut(fleet: Running,
+                                                    sims: dict[str, Simulator]) -> None:
+    before = requests_made(sims)
+    response = fleet.session.get(f"{fleet.url}/probe?target=prod&pad=" + "x" * 5000, timeout=10)
+    assert response.status_code == 400
+    assert requests_made(sims) == before
+
+
+def test_sighup_without_a_config_file_does_not_stop_the_exporter(
+        tmp_path: Path, sim: Simulator) -> None:
+    launch = ExporterLauncher(tmp_path)
+    exp = launch(f"--polarity.url={sim.url}", env=PASSWORD_ENV)
+    try:
+        exp.proc.send_signal(signal.SIGHUP)
+        assert exp.metrics().status_code == 200  # answered after the signal was handled
+        assert exp.proc.poll() is None
+    finally:
+        launch.stop_all()

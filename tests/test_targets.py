@@ -485,3 +485,44 @@ def test_the_config_file_reference_documents_every_key() -> None:
     text = (REPO / "README.md").read_text().split("### The targets file", 1)[1]
     missing = [key for key in KEYS if not re.search(rf"`{key}`", text)]
     assert missing == []
+
+
+# --- mistakes that put a secret where the loader would repeat it (found by review) ---------------
+
+SECRET_MISTAKES = {
+    "password-as-its-file-path": {"url": URL, "username": "u", "password_file": SECRET_PASSWORD},
+    "key-in-the-url-query": {"url": f"{URL}/?api_key={SECRET_KEY}", "api_key": "k"},
+    "secret-in-the-url-fragment": {"url": f"{URL}/#{SECRET_KEY}", "api_key": "k"},
+    "password-as-the-url-port": {"url": f"http://polarity:{SECRET_PASSWORD}", "api_key": "k"},
+    "key-pasted-as-the-url": {"url": SECRET_KEY, "api_key": "k"},
+    "nul-in-a-file-path": {"url": URL, "username": "u", "password_file": "pw\0SECRET"},
+}
+
+
+@pytest.mark.parametrize("target", SECRET_MISTAKES.values(), ids=SECRET_MISTAKES.keys())
+def test_a_secret_in_the_wrong_place_is_never_repeated(tmp_path: Path,
+                                                       target: dict[str, Any]) -> None:
+    path = tmp_path / "targets.yml"
+    path.write_text(yaml.safe_dump({"targets": {"lab": target}}))
+    with pytest.raises(ConfigError) as caught:
+        load_targets(str(path))
+    message = str(caught.value)
+    assert '"lab"' in message and "\n" not in message
+    assert not any(secret in message for secret in SECRETS), message
+
+
+def test_a_password_written_as_a_key_is_not_repeated(tmp_path: Path) -> None:
+    path = tmp_path / "targets.yml"  # "password:" with no space after the colon: one key
+    path.write_text(f"targets:\n  lab:\n    url: {URL}\n    password:{SECRET_PASSWORD}: x\n")
+    with pytest.raises(ConfigError, match="unknown key") as caught:
+        load_targets(str(path))
+    assert SECRET_PASSWORD not in str(caught.value)
+
+
+def test_a_fifo_in_place_of_the_config_file_fails_at_once(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "targets.yml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_targets(str(fifo))  # would block forever in a blocking open()
