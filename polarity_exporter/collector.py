@@ -355,13 +355,15 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     sample(metrics.BUILD_INFO, {"version": __version__}, 1.0)
     errors = _ErrorSamples(families, result.errors, config) \
         if result.errors is not None else None
-    listed = [_Listed(spec, families[spec]) for spec in metrics.CATALOGUE
-              if spec.per_integration is not None]
-    problems = result.problems["integrations"]
-    for label, integration in (result.integrations or {}).items():
-        by_id = {"integration_id": label}
-        for entry in listed:
-            entry.add(integration, label, by_id, clean, problems)
+    integrations = result.integrations or {}
+    # One label dict per integration, shared by all its samples (the encoders render it once).
+    by_ids = {label: {"integration_id": label} for label in integrations}
+    for spec in metrics.CATALOGUE:
+        if spec.per_integration is not None:
+            _Listed(spec, families[spec]).add_all(integrations, by_ids, clean,
+                                                  result.problems["integrations"])
+    for label, integration in integrations.items():
+        by_id = by_ids[label]
         if errors is not None:
             errors.add(label, by_id)
         elif integration.error_refs is not None:
@@ -381,29 +383,35 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
 class _Listed:
     """Adds the samples of one per-integration family (metrics.Family.per_integration)."""
 
-    __slots__ = ("family", "more", "name", "read")
-
     def __init__(self, spec: metrics.Family, family: Metric) -> None:
         assert spec.per_integration is not None
         self.read, self.name, self.family = spec.per_integration, spec.name, family
         self.more = frozenset(spec.labels) - {"integration_id"}  # what the reader must return
 
-    def add(self, integration: Integration, label: str, by_id: dict[str, str],
-            clean: LabelCleaner, problems: Problems) -> None:
-        """A reader that fails on a record (a bug, or a value it did not expect) costs that
-        sample only, counted under the family's name in polarity_scrape_unreadable_fields."""
-        try:
-            found = self.read(integration)
-            if found is None:
-                return
-            more, value = found
-            if more.keys() != self.more:
-                raise ValueError(f"labels {sorted(more)} are not the catalogue's")
-            labels = {**{k: clean(v) for k, v in more.items()}, "integration_id": label} \
-                if more else by_id
-            self.family.samples.append(Sample(self.name, labels, float(value)))
-        except Exception:
-            problems[self.name] += 1
+    def add_all(self, integrations: dict[str, Integration], by_ids: dict[str, dict[str, str]],
+                clean: LabelCleaner, problems: Problems) -> None:
+        """One sample per integration, in one loop (this runs for every listed integration of
+        every scrape). A reader that fails on a record (a bug, or a value it did not expect)
+        costs that sample only, counted under the family's name in
+        polarity_scrape_unreadable_fields."""
+        read, name, more_labels, append = self.read, self.name, self.more, \
+            self.family.samples.append
+        for label, integration in integrations.items():
+            try:
+                found = read(integration)
+                if found is None:
+                    continue
+                more, value = found
+                if not more and not more_labels:
+                    labels = by_ids[label]
+                elif more.keys() == more_labels:
+                    labels = {k: clean(v) for k, v in more.items()}
+                    labels["integration_id"] = label
+                else:
+                    raise ValueError(f"labels {sorted(more)} are not the catalogue's")
+                append(Sample(name, labels, float(value)))
+            except Exception:
+                problems[name] += 1
 
 
 class _Families:
