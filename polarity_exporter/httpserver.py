@@ -462,6 +462,8 @@ class BoundedServer:
 # Header lines end in CRLF: the value stops before the CR (with re.M alone, "$" matches only
 # before the LF, and a Content-Length that is not the last line would keep its CR).
 _CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_FOLDED = re.compile(rb"(?:^|\n)[ \t]")
 _EXPECT_CONTINUE = re.compile(rb"^expect:[ \t]*100-continue", re.I | re.M)
 _BAD_NAME = re.compile(rb"^[^:\r\n]*[ \t][^:\r\n]*:", re.M)  # a header name with blanks
 
@@ -471,7 +473,9 @@ def _check_head(head: bytes) -> tuple[str, int]:
     loop thread before a worker sees the request, so no body is ever waited for by a worker."""
     lines = head.split(b"\r\n", 1)
     fields = lines[1] if len(lines) > 1 else b""
-    if _BAD_NAME.search(fields):
+    if _BAD_NAME.search(fields) or _BARE_CR.search(head) or _FOLDED.search(fields):
+        # A bare CR, or a header continued on the next line (obs-fold): a proxy in front may
+        # read the lines differently, and a body could pass for a second request.
         return "400 Bad Request", 0
     if re.search(rb"^transfer-encoding[ \t]*:", fields, re.I | re.M):
         return "411 Length Required", 0

@@ -58,6 +58,7 @@ class Server:
     def __init__(self, config: PolarityConfig, collector: CollectorConfig,
                  cache_ttl: float) -> None:
         self.config = config
+        self.retired = threading.Event()  # set when a reload replaced or removed it
         if config.insecure_skip_verify:
             log.warning("TLS certificate verification of Polarity is disabled",
                         extra={"server": config.url})
@@ -90,6 +91,9 @@ class Server:
 
 @dataclass
 class _Target:
+    """A configured name: its current server, and what outlives a change of its config (the
+    counters and the cap on waiting probes) until the name is removed."""
+
     server: Server
     probes: int = 0
     failures: int = 0  # probes that answered polarity_up 0
@@ -127,7 +131,7 @@ class Fleet:
         """Read the file again and apply it; None when it was applied, else the one-line reason
         it was not (the last good set stays). Called by the Reloader, one at a time."""
         try:
-            configs = self._load()
+            self._apply(self._load())
         except Exception as exc:  # ConfigError, or a bug: either way the last good set stays
             reason = str(exc) if isinstance(exc, ConfigError) else \
                 f"unexpected {type(exc).__name__}"
@@ -135,29 +139,39 @@ class Fleet:
                 self._state.successful = False
             log.error("reload failed; keeping the last good targets", extra={"err": reason})
             return reason
-        self._apply(configs)
         return None
 
     def _apply(self, configs: dict[str, PolarityConfig]) -> None:
         retired: list[Server] = []
-        changed = 0
         with self._lock:
             if self._closed:
                 return
             current = self._targets
             targets: dict[str, _Target] = {}
-            for name, config in configs.items():
+            # New servers first, so that a failure leaves the running set untouched. A
+            # Server's constructor does no I/O: it is safe under the lock.
+            fresh: dict[str, Server] = {}
+            try:
+                for name, config in configs.items():
+                    kept = current.get(name)
+                    if kept is None or kept.server.config != config:
+                        fresh[name] = Server(config, self._collector, self._cache_ttl)
+            except Exception:
+                for server in fresh.values():
+                    server.close()  # never logged in: nothing to log out
+                raise
+            for name in configs:
                 kept = current.get(name)
-                if kept is not None and kept.server.config == config:
+                if name not in fresh:
+                    assert kept is not None
                     targets[name] = kept  # its session, token and counters are kept
-                    continue
-                if kept is not None:
+                elif kept is None:
+                    targets[name] = _Target(fresh[name])
+                else:  # changed: the same target (counters, probes waiting), a new server
                     retired.append(kept.server)
-                # A Server's constructor does no I/O: it is safe under the lock.
-                targets[name] = _Target(Server(config, self._collector, self._cache_ttl))
-                if kept is not None:  # a changed target keeps its counters
-                    targets[name].probes, targets[name].failures = kept.probes, kept.failures
-                changed += 1
+                    kept.server = fresh[name]
+                    targets[name] = kept
+            changed = len(fresh)
             removed = [name for name in current if name not in configs]
             retired += [current[name].server for name in removed]
             self._targets = targets  # counters of removed targets go with them
@@ -165,6 +179,8 @@ class Fleet:
             self._state.last_success = self._clock()
         log.info("targets loaded", extra={"targets": len(configs), "new_or_changed": changed,
                                           "removed": len(removed)})
+        for server in retired:
+            server.retired.set()
         _retire_in_background(retired)
 
     # --- probes -------------------------------------------------------------------------
@@ -176,13 +192,22 @@ class Fleet:
         looked up once, so a reload meanwhile cannot mix two servers in one answer."""
         with self._lock:
             target = self._targets.get(name)
-        if target is None:
+            server = target.server if target is not None else None
+        if target is None or server is None:
             return None
-        server = target.server
         deadline = timeout_for(server)
         if target.waiting.acquire(blocking=False):
             try:
+                started = time.monotonic()
                 families = server(deadline)
+                if server.retired.is_set() and not _up(families):
+                    # A reload replaced this server while the probe was on its way: it may
+                    # have refused a new fetch. Ask its replacement, in the time that is left.
+                    with self._lock:
+                        replacement = target.server
+                    if replacement is not server:
+                        server = replacement
+                        families = server(max(0.0, deadline - (time.monotonic() - started)))
             finally:
                 target.waiting.release()
         else:
@@ -261,7 +286,10 @@ class Reloader:
             with self._cond:
                 self._cond.wait_for(lambda: self._requested > self._done)
                 number = self._requested  # this reload serves every request so far
-            outcome = self._fleet.reload()  # never raises: failures are its outcome
+            try:
+                outcome = self._fleet.reload()  # failures are its outcome
+            except BaseException as exc:  # a bug: this thread must live for the next reload
+                outcome = f"unexpected {type(exc).__name__}"
             with self._cond:
                 self._done, self._outcome = number, outcome
                 self._cond.notify_all()
@@ -294,5 +322,8 @@ def _retire_in_background(servers: list[Server]) -> None:
     """Retired servers finish their fetch in flight, then log out, without holding up the
     reload that retired them (a fetch lasts up to its deadline, a logout up to 5 s)."""
     for server in servers:
-        threading.Thread(target=server.close, kwargs={"wait": True}, name="retire",
-                         daemon=True).start()
+        try:
+            threading.Thread(target=server.close, kwargs={"wait": True}, name="retire",
+                             daemon=True).start()
+        except RuntimeError:  # no thread to be had: close it here, without waiting
+            server.close()

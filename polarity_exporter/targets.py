@@ -74,7 +74,7 @@ MIN_TIMEOUT = 0.1
 _SECRETS = (("api_key", "api_key_file"), ("username", "username_file"),
             ("password", "password_file"))
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_KEY_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+_KEY_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # Plain YAML only. Explicit tags are refused before construction; above all because an unquoted
 # password that starts with "!" is read as a tag, and a message naming the tag would show it.
 _TAGS = {f"tag:yaml.org,2002:{name}" for name in
@@ -293,9 +293,16 @@ def _where(path: tuple[str, ...]) -> str:
     if "[]" in path:  # within a list: the keys before it say where
         path = path[:path.index("[]")]
     if len(path) >= 2 and path[0] == "targets":
-        target = f"target {_quote(path[1])}"
-        return f"{target}: key {_quote(path[2])}" if len(path) >= 3 else target
-    return f"key {_quote(path[0])}" if path else "top level"
+        target = f"target {_shown(path[1])}"
+        return f"{target}: key {_shown(path[2])}" if len(path) >= 3 else target
+    return f"key {_shown(path[0])}" if path else "top level"
+
+
+def _shown(text: str) -> str:
+    """A key or target name for a message, quoted, when it looks like one; else "(not shown)":
+    "password:s3cret:" (no space after the colon) is one YAML key that holds a password, and
+    a mis-indented line can make it a target name or a top-level key."""
+    return _quote(text) if _KEY_LIKE.fullmatch(text) else "(not shown)"
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -309,7 +316,7 @@ def _targets(document: object, read_secret: ReadSecret,
         raise ConfigError("must be a mapping with the key \"targets\"")
     for key in document:
         if key != "targets":
-            raise ConfigError(f"key {_quote(_text(key))}: unknown key; the file has only "
+            raise ConfigError(f"key {_shown(_text(key))}: unknown key; the file has only "
                               "\"targets\"")
     targets = document.get("targets")
     if not isinstance(targets, dict) or not targets:
@@ -331,9 +338,9 @@ def _targets(document: object, read_secret: ReadSecret,
 def _target_name(name: object) -> str:
     if not isinstance(name, str):
         # YAML reads `no:`, `1:` or `1.5:` as a boolean or a number.
-        raise ConfigError(f"target name {_quote(_text(name))} must be a string: quote it")
+        raise ConfigError(f"target name {_shown(_text(name))} must be a string: quote it")
     if not TARGET_NAME.fullmatch(name):
-        raise ConfigError(f"target name {_quote(name)} is invalid: use 1 to 63 letters, digits, "
+        raise ConfigError(f"target name {_shown(name)} is invalid: use 1 to 63 letters, digits, "
                           "\"_\", \".\" or \"-\", starting with a letter or digit")
     return name
 
@@ -345,8 +352,7 @@ def _target(body: object, read_secret: ReadSecret, base_dir: str | None) -> Pola
         if key not in KEYS:
             # Echoed only when it looks like a key: "password:s3cret:" (no space after the
             # colon) is one YAML key that holds a password.
-            shown = _quote(_text(key)) if _KEY_LIKE.fullmatch(_text(key)) else "(not shown)"
-            raise ConfigError(f"key {shown}: unknown key{_suggest(key)}")
+            raise ConfigError(f"key {_shown(_text(key))}: unknown key{_suggest(key)}")
     # A key set to null counts as not given, as YAML writes a blank value.
     values = {key: value for key, value in body.items() if value is not None}
     for key in _STRINGS:

@@ -44,6 +44,7 @@ RELOAD = "/-/reload"
 # How long POST /-/reload waits for its reload (which runs on its own thread) before it
 # answers 503: a config file on a hung mount must not hold an HTTP worker forever.
 RELOAD_WAIT = 30.0
+MAX_RELOAD_WAITERS = 4
 # Longest query string /probe reads; a longer one is refused, never cut (a cut could turn
 # ?target=prodlab into ?target=prod).
 MAX_QUERY = 4096
@@ -86,6 +87,8 @@ class ExporterApp:
         self._scrape = scrape
         self._fleet = fleet  # --config.file: /probe
         self._reloader = reloader  # and /-/reload
+        # Each POST /-/reload holds a worker while it waits: a few may, the rest answer 503.
+        self._reload_waiters = threading.BoundedSemaphore(MAX_RELOAD_WAITERS)
         self._encoded = encoded  # told how long each answer took to encode
         self._after_scrape = after_scrape
         self._security = security
@@ -201,7 +204,13 @@ class ExporterApp:
         if environ.get("REQUEST_METHOD") != "POST":
             return _reply(start_response, "405 Method Not Allowed", b"use POST to reload\n",
                           extra=[("Allow", "POST")])
-        finished, problem = self._reloader.wait(self._reloader.request(), RELOAD_WAIT)
+        if not self._reload_waiters.acquire(blocking=False):
+            return _reply(start_response, "503 Service Unavailable",
+                          b"too many reload requests waiting; try again later\n")
+        try:
+            finished, problem = self._reloader.wait(self._reloader.request(), RELOAD_WAIT)
+        finally:
+            self._reload_waiters.release()
         if not finished:
             return _reply(start_response, "503 Service Unavailable",
                           b"reload still running; see the log and "

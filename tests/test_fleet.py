@@ -32,6 +32,7 @@ from reference import parse
 
 from polarity_exporter import __version__, metrics
 from polarity_exporter.simulator import Simulator, SimulatorConfig
+from polarity_exporter.web import MAX_RELOAD_WAITERS
 
 LOGIN = ("POST", "/api/users/login")
 LOGOUT = ("POST", "/api/users/logout")
@@ -434,6 +435,8 @@ def test_a_reload_during_a_login_leaves_no_session_open(fleet: Running, targets:
     assert reload(fleet).status_code == 200
     probe.join(10)
     assert results[0].up == 1  # the retired server finished the probe it had in flight
+    # ... and that probe counts for the target, whose counters outlive its old server.
+    assert fleet.scrape().value("polarity_exporter_probes_total", target="lab") == 1
     deadline = time.monotonic() + 10
     while lab.counts[LOGOUT] < lab.counts[LOGIN] and time.monotonic() < deadline:
         time.sleep(0.05)  # logged out by the retiring thread: no event to wait on
@@ -485,14 +488,14 @@ def test_concurrent_reloads_all_answer_and_the_newest_file_wins(
         targets.write({**sims, "apac": apac})
         statuses: list[int] = []
         posts = [threading.Thread(target=lambda: statuses.append(reload(fleet).status_code))
-                 for _ in range(10)]
+                 for _ in range(MAX_RELOAD_WAITERS)]
         for post in posts:
             post.start()
         for post in posts:
             post.join(30)
         targets.write({"apac": apac})
         assert reload(fleet).status_code == 200  # made after the last write: it reads it
-        assert statuses == [200] * 10
+        assert statuses == [200] * MAX_RELOAD_WAITERS
         assert fleet.probe("apac").up == 1
         assert fleet.probe("prod").response.status_code == 400
 
@@ -515,3 +518,47 @@ def test_sighup_without_a_config_file_does_not_stop_the_exporter(
         assert exp.proc.poll() is None
     finally:
         launch.stop_all()
+
+
+def test_a_reload_that_fails_unexpectedly_is_a_failed_reload_and_the_next_one_works(
+        fleet: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    target_fleet = fleet.exporter.fleet
+    assert target_fleet is not None
+    apply = target_fleet._apply
+
+    def broken(_configs: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(target_fleet, "_apply", broken)
+    response = reload(fleet)
+    assert response.status_code == 500 and "unexpected RuntimeError" in response.text
+    assert fleet.scrape().value("polarity_exporter_config_last_reload_successful") == 0
+    monkeypatch.setattr(target_fleet, "_apply", apply)
+    assert reload(fleet).status_code == 200  # the reload thread lived on
+
+
+def test_reload_requests_beyond_a_few_waiting_are_refused_at_once(
+        fleet: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    target_fleet = fleet.exporter.fleet
+    assert target_fleet is not None
+    load, release = target_fleet._load, threading.Event()
+
+    def stuck() -> Any:
+        release.wait(30)  # a config file on a hung mount
+        return load()
+
+    monkeypatch.setattr(target_fleet, "_load", stuck)
+    statuses: list[int] = []
+    posts = [threading.Thread(target=lambda: statuses.append(reload(fleet).status_code))
+             for _ in range(8)]
+    for post in posts:
+        post.start()
+    deadline = time.monotonic() + 10
+    while len(statuses) < 8 - MAX_RELOAD_WAITERS and time.monotonic() < deadline:
+        time.sleep(0.01)  # the refused ones answer at once; the waiting ones need `release`
+    refused = list(statuses)
+    release.set()
+    for post in posts:
+        post.join(30)
+    assert refused == [503] * (8 - MAX_RELOAD_WAITERS)
+    assert sorted(statuses) == [200] * MAX_RELOAD_WAITERS + [503] * (8 - MAX_RELOAD_WAITERS)

@@ -526,3 +526,18 @@ def test_a_fifo_in_place_of_the_config_file_fails_at_once(tmp_path: Path) -> Non
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="not a regular file"):
         load_targets(str(fifo))  # would block forever in a blocking open()
+
+
+@pytest.mark.parametrize("text", [
+    f"targets:\n  password:{SECRET_PASSWORD}: x\n",  # mis-indented: a target name
+    f"targets:\n  lab:\n    url: {URL}\npassword:{SECRET_PASSWORD}: x\n",  # a top-level key
+    f"targets:\n  lab:\n    url: {URL}\n    password:{SECRET_PASSWORD}: x\n"
+    f"    password:{SECRET_PASSWORD}: x\n",  # given twice
+], ids=["as-a-target-name", "as-a-top-level-key", "given-twice"])
+def test_a_password_written_as_a_key_anywhere_is_not_repeated(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "targets.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_targets(str(path))
+    assert SECRET_PASSWORD not in str(caught.value)
+    assert "\n" not in str(caught.value)
