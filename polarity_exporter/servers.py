@@ -69,9 +69,8 @@ class Server:
         self.client = PolarityClient(config)
         self.collector = PolarityCollector(self.client, collector, cache_ttl)
         # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
-        self.shared = SharedScrape(
-            self.collector.scrape, ttl=cache_ttl, max_lifetime=config.timeout,
-            late=lambda timeout: self.collector.build(ScrapeResult(timeout=timeout)))
+        self.shared = SharedScrape(self.collector.scrape, ttl=cache_ttl,
+                                   max_lifetime=config.timeout, late=self.late)
 
     def __call__(self, timeout: float) -> list[Metric]:
         return self.shared(timeout)
