@@ -191,9 +191,9 @@ class Fleet:
         looked up once, so a reload meanwhile cannot mix two servers in one answer."""
         with self._lock:
             target = self._targets.get(name)
-            server = target.server if target is not None else None
-        if target is None or server is None:
-            return None
+            if target is None:
+                return None
+            server = target.server
         deadline = timeout_for(server)
         if target.waiting.acquire(blocking=False):
             try:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,14 @@ def sims() -> Iterator[dict[str, Simulator]]:
     yield started
     for sim in started.values():
         sim.stop()
+
+
+def poll(check: Callable[[], bool], timeout: float) -> None:
+    """Wait until `check()` holds (what the simulators count, in another thread), for at most
+    `timeout` seconds; the test's assertions say what must then be true."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def requests_made(sims: dict[str, Simulator]) -> int:
@@ -232,9 +240,8 @@ def test_a_hung_target_answers_up_zero_in_time_and_delays_no_other(
             hung_probe = threading.Thread(
                 target=lambda: results.__setitem__("hung", exp.probe("hung", timeout=2.0)))
             hung_probe.start()
-            deadline = time.monotonic() + 5
-            while not hung.counts[LOGIN] and time.monotonic() < deadline:
-                time.sleep(0.01)  # until the hung server has the probe's first request
+            # Until the hung server has the probe's first request.
+            poll(lambda: hung.counts[LOGIN] > 0, 5)
             with requests.Session() as other:
                 started = time.monotonic()
                 answer = other.get(f"{exp.url}/probe", params={"target": "prod"},
@@ -264,9 +271,8 @@ def test_reload_removes_a_target_and_logs_it_out(fleet: Running, targets: Target
     targets.write({"prod": sims["prod"], "lab": sims["lab"]})
     assert reload(fleet).status_code == 200
     assert fleet.probe("emea").response.status_code == 400
-    deadline = time.monotonic() + 10
-    while sims["emea"].counts[LOGOUT] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # logged out by a background thread: no event to wait on
+    # Logged out by a background thread: no event to wait on.
+    poll(lambda: sims["emea"].counts[LOGOUT] > 0, 10)
     assert sims["emea"].counts[LOGOUT] == 1
     assert "emea" not in {dict(k)["target"] for k in
                           fleet.scrape().series("polarity_exporter_probes_total")}
@@ -428,18 +434,15 @@ def test_a_reload_during_a_login_leaves_no_session_open(fleet: Running, targets:
     results: list[Scrape] = []
     probe = threading.Thread(target=lambda: results.append(fleet.probe("lab", timeout=5.0)))
     probe.start()
-    deadline = time.monotonic() + 5
-    while lab.counts[LOGIN] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)  # until the login is on its way
+    poll(lambda: lab.counts[LOGIN] > 0, 5)  # until the login is on its way
     targets.write(sims, lab={"timeout": 6})  # a changed target: its server is retired
     assert reload(fleet).status_code == 200
     probe.join(10)
     assert results[0].up == 1  # the retired server finished the probe it had in flight
     # ... and that probe counts for the target, whose counters outlive its old server.
     assert fleet.scrape().value("polarity_exporter_probes_total", target="lab") == 1
-    deadline = time.monotonic() + 10
-    while lab.counts[LOGOUT] < lab.counts[LOGIN] and time.monotonic() < deadline:
-        time.sleep(0.05)  # logged out by the retiring thread: no event to wait on
+    # Logged out by the retiring thread: no event to wait on.
+    poll(lambda: lab.counts[LOGOUT] >= lab.counts[LOGIN], 10)
     assert lab.counts[LOGIN] == lab.counts[LOGOUT] == 1
 
 
@@ -458,9 +461,7 @@ def test_many_probes_of_a_hung_target_leave_workers_for_the_others(
             pool = [threading.Thread(target=probe_hung) for _ in range(40)]
             for thread in pool:
                 thread.start()
-            deadline = time.monotonic() + 5
-            while not hung.counts[LOGIN] and time.monotonic() < deadline:
-                time.sleep(0.01)
+            poll(lambda: hung.counts[LOGIN] > 0, 5)
             started = time.monotonic()
             healthy = exp.probe("prod", timeout=3.0)
             elapsed = time.monotonic() - started
@@ -553,9 +554,8 @@ def test_reload_requests_beyond_a_few_waiting_are_refused_at_once(
              for _ in range(8)]
     for post in posts:
         post.start()
-    deadline = time.monotonic() + 10
-    while len(statuses) < 8 - MAX_RELOAD_WAITERS and time.monotonic() < deadline:
-        time.sleep(0.01)  # the refused ones answer at once; the waiting ones need `release`
+    # The refused ones answer at once; the waiting ones need `release`.
+    poll(lambda: len(statuses) >= 8 - MAX_RELOAD_WAITERS, 10)
     refused = list(statuses)
     release.set()
     for post in posts:
