@@ -33,6 +33,7 @@ from polarity_exporter.collector import (
 )
 from polarity_exporter.config import CollectorConfig
 from polarity_exporter.memory import GC_THRESHOLD
+from polarity_exporter.models import parse_errors
 from polarity_exporter.simulator.dataset import DatasetSpec, generate
 
 
@@ -73,7 +74,8 @@ def main() -> None:
         problems = result.problems["integrations"]
         result.integrations = unique_labels(parse_integrations(dataset.integrations, problems),
                                             clean, problems)
-        result.errors = summarize_errors(dataset.errors, clean, result.problems["errors"])
+        problems = result.problems["errors"]
+        result.errors = summarize_errors(parse_errors(dataset.errors, problems), clean, problems)
         return result
 
     collect_cpu, result = fastest(args.repeat, collect)

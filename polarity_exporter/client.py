@@ -23,7 +23,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import ijson
 import requests
 
 from polarity_exporter.auth import Authenticator
@@ -37,8 +36,10 @@ from polarity_exporter.errors import (
     ProtocolError,
     RateLimitedError,
 )
+from polarity_exporter.errorstream import ERRORS, stream_errors
 from polarity_exporter.jsondecode import StreamGuard, decode_json
-from polarity_exporter.transport import BodyReader, Transport, check_json, one_line, retry_after
+from polarity_exporter.models import ErrorRecord, Problems, documented_errors, parse_errors
+from polarity_exporter.transport import BodyReader, Transport, check_json, retry_after
 
 __all__ = ["MAX_PAGES", "MAX_PAGE_BYTES", "MAX_RETRIES", "WHOLE_ERRORS_BYTES", "AuthError",
            "Deadline", "DeadlineExceeded", "ForbiddenError", "Listing", "PolarityClient",
@@ -64,7 +65,6 @@ MAX_INTEGRATIONS = 20_000
 MAX_ERRORS_BYTES = 4 * 1024**3
 MAX_RETRIES = 2
 INTEGRATIONS = "/api/integrations"
-ERRORS = "/api/integrations/errors"
 
 T = TypeVar("T")
 
@@ -258,24 +258,29 @@ class PolarityClient:
 
     # --- errors -----------------------------------------------------------------------------
 
-    def iter_errors(self, deadline: Deadline) -> Iterator[Any]:
-        """Error records as they are decoded: a body up to WHOLE_ERRORS_BYTES is decoded whole,
-        a larger one streamed, so the body is never held whole beyond that size."""
+    def iter_errors(self, deadline: Deadline, problems: Problems) -> Iterator[ErrorRecord]:
+        """Error records as they are read (unreadable fields counted in `problems`).
+
+        A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape straight into
+        records (models.documented_errors), otherwise generically and record by record. A larger
+        body is streamed in pieces (errorstream.py), so it is never held whole.
+        """
         with self._get(ERRORS, deadline, ERRORS) as response:
             check_json(response, ERRORS)
             guard = StreamGuard(ERRORS)
             reader = BodyReader(response, deadline, ERRORS, limit=MAX_ERRORS_BYTES,
                                 repair_utf8=True, guard=guard)
             head, whole = reader.read_up_to(WHOLE_ERRORS_BYTES)
-            if whole:
-                with self._decode_lock:  # one whole body decoded at a time, pages included
-                    records = _records(decode_json(head, ERRORS))
+            if not whole:
+                stream = stream_errors(reader, head, guard, problems)
                 del head
-                yield from records
+                yield from stream
                 return
-            reader.replay(head)
+            with self._decode_lock:  # one whole body decoded at a time, pages included
+                records = documented_errors(head, problems)
+                items = _records(decode_json(head, ERRORS)) if records is None else []
             del head
-            yield from _stream_records(reader, guard)
+            yield from parse_errors(items, problems) if records is None else records
 
 
 def _records(body: Any) -> list[Any]:
@@ -283,24 +288,6 @@ def _records(body: Any) -> list[Any]:
     if not isinstance(data, list):
         raise ProtocolError(f"{ERRORS}: 'data' is not a list")
     return data
-
-
-def _stream_records(reader: BodyReader, guard: StreamGuard) -> Iterator[Any]:
-    count = 0
-    try:
-        # use_float=False: numbers ijson's C backend cannot hold as int or float (1e400,
-        # 20-digit counts) arrive as Decimal and cost only their field.
-        for item in ijson.items(reader, "data.item", use_float=False):
-            count += 1
-            guard.record_done()
-            yield item
-    except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
-        # UnicodeDecodeError: ijson's C backend cannot decode a key holding an escaped lone
-        # surrogate ("\udc00"). ArithmeticError: decimal.InvalidOperation on a number token.
-        raise ProtocolError(f"{ERRORS}: response is not valid JSON "
-                            f"({one_line(str(exc))[:120]})") from None
-    if count == 0:
-        raise ProtocolError(f"{ERRORS}: {reader.total} bytes without a 'data' list of records")
 
 
 def _merge_pages(results: list[_Page[T]], total: int, listing: Listing[T],

@@ -27,7 +27,6 @@ from polarity_exporter.models import (
     ErrorRecord,
     Integration,
     Problems,
-    parse_error,
     parse_integration,
 )
 
@@ -173,7 +172,7 @@ def parse_integrations(items: Iterable[Any], problems: Problems) -> list[Integra
     return [integration for integration in parsed if integration is not None]
 
 
-def summarize_errors(items: Iterable[Any], clean: LabelCleaner,
+def summarize_errors(records: Iterable[ErrorRecord], clean: LabelCleaner,
                      problems: Problems) -> ErrorSummary:
     """Fold error records into an ErrorSummary as they arrive; each record is dropped at once.
 
@@ -182,10 +181,8 @@ def summarize_errors(items: Iterable[Any], clean: LabelCleaner,
     """
     summary = ErrorSummary(clean, problems)
     add = summary.add
-    for item in items:
-        record = parse_error(item, problems)
-        if record is not None:
-            add(record)
+    for record in records:
+        add(record)
     return summary
 
 
@@ -314,7 +311,8 @@ class PolarityCollector:
         result.listing = listing
 
     def _fetch_errors(self, deadline: Deadline, problems: Problems) -> ErrorSummary:
-        return summarize_errors(self._client.iter_errors(deadline), self._clean, problems)
+        return summarize_errors(self._client.iter_errors(deadline, problems), self._clean,
+                                problems)
 
     @staticmethod
     def _log_problems(result: ScrapeResult) -> None:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import tracemalloc
 from collections import Counter
 from typing import Any
 
 import pytest
+import requests
+from conftest import SIM_PASSWORD, SIM_USER
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from polarity_exporter.models import parse_error, parse_integration, parse_timestamp
+from polarity_exporter.jsondecode import decode_json
+from polarity_exporter.models import (
+    ErrorRecord,
+    Problems,
+    documented_errors,
+    parse_error,
+    parse_errors,
+    parse_integration,
+    parse_timestamp,
+)
+from polarity_exporter.simulator import Simulator
 
 EXPECTED = 1712586007.834943  # 2024-04-08 14:20:07.834943 UTC
 
@@ -103,3 +119,180 @@ def test_integration_without_id_is_counted() -> None:
     problems: Counter[str] = Counter()
     assert parse_integration({"attributes": {"name": "x"}}, problems) is None
     assert problems == {"id": 1}
+
+
+# --- The documented shape, read in C (models.documented_errors) ------------------------------
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()  # a key left out of the record
+
+
+def generic(body: bytes) -> tuple[list[ErrorRecord], Problems]:
+    """What the exporter reads from a body outside the documented shape."""
+    problems: Problems = Counter()
+    return list(parse_errors(decode_json(body, "body")["data"], problems)), problems
+
+
+def body_of(records: list[Any], ascii_only: bool = True) -> bytes:
+    # surrogatepass: a lone surrogate written raw is invalid UTF-8, one more thing to read.
+    return json.dumps({"data": records, "jsonapi": {"version": "1.0"}},
+                      ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+def assert_read_alike(body: bytes) -> list[ErrorRecord] | None:
+    """Both readers agree on `body` if the documented one accepts it; a body it refuses is read
+    again by the other, so it must count nothing."""
+    problems: Problems = Counter()
+    read = documented_errors(body, problems)
+    if read is None:
+        assert not problems
+    else:
+        assert (read, problems) == generic(body)
+    return read
+
+
+TIMESTAMPS = st.sampled_from(["2024-04-08 14:20:07.834943Z", "2024-04-08T14:20:07Z",
+                              "2024-04-08T16:20:07.834943+02:00", "2024-04-08 14:20:07",
+                              "2024-04-08", "yesterday", "2024-13-45 99:99:99Z", ""])
+DOCUMENTED = st.fixed_dictionaries({
+    "id": st.text(max_size=8), "type": st.just("integration-errors"),
+    "attributes": st.fixed_dictionaries({
+        "integration-id": st.text(min_size=1, max_size=40), "code": st.text(max_size=40),
+        "error-count": st.integers(0, 2**53), "occurred-on": TIMESTAMPS,
+        "title": st.text(max_size=20), "status": st.integers(100, 599) | st.text(max_size=3),
+    }, optional={"meta": st.fixed_dictionaries({"stack": st.text(max_size=200)}, optional={
+        "affected_users": st.lists(st.fixed_dictionaries(
+            {"id": st.text(min_size=1, max_size=8), "username": st.text(max_size=8)}),
+            max_size=4)})}),
+    "relationships": st.just({"integration": {"data": {"id": "rel", "type": "integrations"}}}),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(DOCUMENTED, max_size=5), st.booleans())
+def test_every_body_in_the_documented_shape_is_read_by_the_documented_reader(
+        records: list[dict[str, Any]], ascii_only: bool) -> None:
+    body = body_of(records, ascii_only)
+    problems: Problems = Counter()
+    assert (documented_errors(body, problems), problems) == generic(body)
+
+
+# Where a record can deviate from the documentation, and what it can hold there instead.
+PLACES = [(), ("attributes",), ("attributes", "integration-id"), ("attributes", "code"),
+          ("attributes", "error-count"), ("attributes", "occurred-on"), ("attributes", "meta"),
+          ("attributes", "meta", "affected_users"), ("attributes", "meta", "affected_users", 0),
+          ("attributes", "meta", "affected_users", 0, "id"), ("attributes", "meta", "stack")]
+VALUES = [ABSENT, None, True, False, 0, -1, 7, 2**53, 2**53 + 1, 2**63 - 1, 2**63, 2**64,
+          -(2**63), 2.0, 2.5, -0.0, 1e300, "", "7", "many", "x" * 5000, "a\nb", "\ud800",
+          "2024-04-08 14:20:07.834943Z", [], [1], [{}], [{"id": "u"}], {}, {"id": 5},
+          {"affected_users": [{"id": "u"}]}]
+BASE = {"id": "e1", "type": "integration-errors",
+        "attributes": {"integration-id": "vt", "code": "ETIMEDOUT", "error-count": 3,
+                       "occurred-on": "2024-04-08 14:20:07.834943Z",
+                       "meta": {"stack": "at x", "affected_users": [{"id": "1"}, {"id": "2"}]}},
+        "relationships": {"integration": {"data": {"id": "rel", "type": "integrations"}}}}
+
+
+def changed(record: Any, place: tuple[Any, ...], value: Any) -> Any:
+    """`record` with the value at `place` replaced (ABSENT: removed); unchanged where the
+    place does not exist."""
+    if not place:
+        return value
+    if (isinstance(record, dict) and place[0] in record) or \
+            (isinstance(record, list) and isinstance(place[0], int) and place[0] < len(record)):
+        copy = dict(record) if isinstance(record, dict) else list(record)
+        inner = changed(record[place[0]], place[1:], value)
+        if inner is ABSENT:
+            del copy[place[0]]
+        else:
+            copy[place[0]] = inner
+        return copy
+    return record
+
+
+@pytest.mark.parametrize("place", PLACES, ids=lambda place: ".".join(map(str, place)) or "record")
+@pytest.mark.parametrize("value", VALUES, ids=lambda value: repr(value)[:24])
+def test_the_readers_agree_on_every_deviation_from_the_documented_shape(
+        place: tuple[Any, ...], value: Any) -> None:
+    record = changed(BASE, place, value)
+    if record is not ABSENT:
+        assert_read_alike(body_of([BASE, record]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(DOCUMENTED, min_size=1, max_size=3), st.data())
+def test_the_readers_agree_on_documented_bodies_with_several_deviations(
+        records: list[dict[str, Any]], data: st.DataObject) -> None:
+    for _ in range(data.draw(st.integers(1, 3))):
+        k = data.draw(st.integers(0, len(records) - 1))
+        records[k] = changed(records[k], data.draw(st.sampled_from(PLACES)),
+                             data.draw(st.sampled_from(VALUES)))
+    assert_read_alike(body_of([r for r in records if r is not ABSENT],
+                              data.draw(st.booleans())))
+
+
+def errors_body(sim: Simulator) -> bytes:
+    login = requests.post(f"{sim.url}/api/users/login", timeout=10,
+                          json={"identification": SIM_USER, "password": SIM_PASSWORD})
+    token = login.json()["data"]["token"]
+    response = requests.get(f"{sim.url}/api/integrations/errors", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    return response.content
+
+
+def test_the_simulators_errors_body_is_read_in_the_documented_shape(simulator: Simulator) -> None:
+    body = errors_body(simulator)
+    problems: Problems = Counter()
+    read = documented_errors(body, problems)
+    assert read is not None and len(read) == len(json.loads(body)["data"])
+    assert (read, problems) == generic(body)
+
+
+@pytest.mark.parametrize(("name", "body"), [
+    ("nesting past the recursion limit in a skipped field",
+     b'{"data":[{"x":' + b"[" * 100_000 + b"]" * 100_000 + b',"attributes":{}}]}'),
+    ("an escaped lone surrogate", b'{"data":[{"attributes":{"code":"\\ud800"}}]}'),
+    ("invalid UTF-8", b'{"data":[{"attributes":{"code":"\xff"}}]}'),
+    ("NaN in a skipped field", b'{"data":[{"x":NaN}]}'),
+    ("a count beyond 2**53", b'{"data":[{"attributes":{"integration-id":"vt","code":"c",'
+                             b'"error-count":9007199254740993,"occurred-on":"x"}}]}'),
+    ("a 5,000-digit count", b'{"data":[{"attributes":{"error-count":' + b"9" * 5000 + b"}}]}"),
+    ("data that is not a list", b'{"data":{}}'),
+    ("a list at the top", b"[]"),
+])
+def test_the_documented_reader_refuses_other_bodies_without_raising(name: str,
+                                                                     body: bytes) -> None:
+    problems: Problems = Counter()
+    assert documented_errors(body, problems) is None and not problems
+
+
+def dense_users(size: int) -> bytes:
+    users = b",".join(b'{"id":"%02d"}' % (k % 100) for k in range(size // 12))
+    return (b'{"data":[{"attributes":{"integration-id":"a","code":"c","error-count":1,'
+            b'"occurred-on":"x","meta":{"affected_users":[' + users + b"]}}}]}")
+
+
+def dense_records(size: int) -> bytes:
+    record = (b'{"attributes":{"integration-id":"ab","code":"cd","error-count":1,'
+              b'"occurred-on":"","meta":{"affected_users":[{"id":"1"}]}}}')
+    return b'{"data":[' + b",".join([record] * (size // len(record))) + b"]}"
+
+
+@pytest.mark.parametrize("dense", [dense_users, dense_records])
+def test_the_documented_reader_holds_at_most_ten_times_its_body(dense: Any) -> None:
+    # The densest bodies it accepts: the most objects per byte (the generic decoder's worst
+    # case, a body of minimal records, reaches about 17 times).
+    body = dense(1024 * 1024)
+    tracemalloc.start()
+    try:
+        read = documented_errors(body, Counter())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read is not None
+    assert peak <= 10 * len(body)

@@ -1,0 +1,186 @@
+"""Streamed errors bodies (larger than client.WHOLE_ERRORS_BYTES): record-aligned pieces.
+
+A body too large to hold whole used to go through ijson record by record: ijson builds every
+record whole, stack traces included, and was most of the CPU of a large scrape. Now the body is
+cut into pieces of about PIECE_BYTES that end where a record ends, and each piece is decoded like
+a whole body: in the documented shape straight into records, in C (models.documented_errors).
+A piece with anything else in it goes through ijson as before, record by record, behind the
+StreamGuard, so what one odd record costs is its piece's speed, not the body's.
+
+Where a record ends is found first by counting braces, which braces inside strings can mislead;
+a piece cut there decodes only if the cut was right (a prefix of a record is never valid JSON).
+If it does not decode, the cut is found again by reading the piece token by token, strings
+included: slower, and exact. A body whose `data` is not its first key, the last piece (the end
+of the list and whatever follows it), and a record larger than a piece go through ijson.
+
+Memory: at most two pieces of the body beside the records of one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any, Final
+
+import ijson
+
+from polarity_exporter.errors import ProtocolError
+from polarity_exporter.jsondecode import StreamGuard
+from polarity_exporter.models import ErrorRecord, Problems, documented_errors, parse_errors
+from polarity_exporter.transport import STREAM_SLICE, BodyReader, one_line
+
+ERRORS = "/api/integrations/errors"
+# A piece of the body decoded at once (~200 of Polarity's records): small enough that its
+# buffers stay below the allocator's mmap threshold (memory.py) and are reused, not mapped anew.
+PIECE_BYTES = 256 * 1024
+# Places looked at, from a piece's end back, for where a record ends, before the exact scan.
+MAX_GUESSES = 16
+
+_DATA_START: Final = re.compile(rb'\s*\{\s*"data"\s*:\s*\[\s*')
+_FIRST_KEY: Final = re.compile(rb'\{\s*("[^"\\]{1,64}")\s*:')
+_SEPARATOR: Final = re.compile(rb"\s*,\s*\{")
+# A string (escapes included), a bracket, or a lone quote: a string the piece cuts short.
+_TOKEN: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]"]', re.DOTALL)
+_OPEN: Final = frozenset(b"{[")
+_QUOTE, _COMMA, _OPEN_BRACE, _CLOSE_BRACE = b'",{}'
+_SPACE: Final = frozenset(b" \t\r\n")
+_PREFIX: Final = b'{"data":['
+
+
+def stream_errors(reader: BodyReader, head: bytes, guard: StreamGuard,
+                  problems: Problems) -> Iterator[ErrorRecord]:
+    """The records of a streamed errors body; `head` is what was read of it already."""
+    start = _DATA_START.match(head)
+    first = _FIRST_KEY.match(head, start.end()) if start is not None else None
+    if start is None or first is None:
+        reader.replay(head)
+        del head
+        yield from parse_errors(_stream_records(reader, guard), problems)
+        return
+    body, at, ended, key = head, start.end(), False, first.group(1)
+    del head
+    while True:
+        if not ended and len(body) - at < PIECE_BYTES:
+            more, ended = reader.read_up_to(PIECE_BYTES)
+            body, at = body[at:] + more, 0
+        if ended and len(body) - at <= PIECE_BYTES:
+            break  # the last piece, with the end of the list
+        cut, records = _piece(body, at, at + PIECE_BYTES, key, problems)
+        if cut is None:
+            break  # a record longer than a piece
+        yield from records
+        at = body.index(b",", cut) + 1
+    reader.replay(_PREFIX + body[at:])
+    del body
+    yield from parse_errors(_stream_records(reader, guard), problems)
+
+
+def _piece(body: bytes, start: int, end: int, key: bytes,
+           problems: Problems) -> tuple[int | None, list[ErrorRecord]]:
+    """The records of the whole records in body[start:end], and where the last one ends."""
+    guess = _guess_record_end(body, start, end, key)
+    records = _documented(body, start, guess, problems) if guess is not None else None
+    if records is not None:
+        return guess, records
+    cut = _exact_record_end(body, start, end)
+    if cut is None:
+        return None, []
+    if cut != guess:
+        records = _documented(body, start, cut, problems)
+    if records is None:  # not in the documented shape: record by record, as before
+        piece = _Piece(body[start:cut])
+        records = list(parse_errors(_stream_records(piece, piece.guard), problems))
+    return cut, records
+
+
+def _documented(body: bytes, start: int, end: int, problems: Problems) -> list[ErrorRecord] | None:
+    with memoryview(body) as view:
+        piece = b"".join((_PREFIX, view[start:end], b"]}"))
+    return documented_errors(piece, problems)
+
+
+def _guess_record_end(body: bytes, start: int, end: int, key: bytes) -> int | None:
+    """Just past the `}` of the last `}, {"<key>"` in body[start:end], `key` being the first
+    key of the body's first record: where records are alike, where one ends and the next
+    begins. (Not inside a string, whose quotes would be escaped; it can be inside a record,
+    which the decode that follows finds out.)"""
+    before = end
+    for _ in range(MAX_GUESSES):
+        found = body.rfind(key, start, before)
+        if found < 0:
+            return None
+        before = found
+        brace = _skip_space_back(body, found - 1, start)
+        if body[brace] != _OPEN_BRACE:
+            continue
+        comma = _skip_space_back(body, brace - 1, start)
+        if body[comma] != _COMMA:
+            continue
+        close = _skip_space_back(body, comma - 1, start)
+        if body[close] == _CLOSE_BRACE:
+            return close + 1
+    return None
+
+
+def _skip_space_back(body: bytes, index: int, start: int) -> int:
+    while index > start and body[index] in _SPACE:
+        index -= 1
+    return index
+
+
+def _exact_record_end(body: bytes, start: int, end: int) -> int | None:
+    """Just past the last record that ends in body[start:end] and is followed by `,` and `{`,
+    read token by token: brackets inside strings do not count."""
+    depth, found = 0, None
+    for token in _TOKEN.finditer(body, start, end):
+        if token.end() - token.start() > 1:
+            continue  # a whole string
+        char = body[token.start()]
+        if char == _QUOTE:
+            break  # a string that runs past the piece
+        if char in _OPEN:
+            depth += 1
+            continue
+        depth -= 1
+        if depth < 0:
+            break  # past the list of records
+        if depth == 0 and char == _CLOSE_BRACE and _SEPARATOR.match(body, token.end()):
+            found = token.end()
+    return found
+
+
+class _Piece:
+    """A record-aligned piece handed to ijson as BodyReader hands out a stream: with invalid
+    UTF-8 replaced, in slices of STREAM_SLICE, each checked by the piece's own guard."""
+
+    def __init__(self, piece: bytes) -> None:
+        data = (_PREFIX + piece + b"]}").decode("utf-8", "replace").encode("utf-8")
+        self._data = memoryview(data)
+        self.guard = StreamGuard(ERRORS)
+        self.total = len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""
+        step = min(size if size > 0 else STREAM_SLICE, STREAM_SLICE)
+        chunk, self._data = bytes(self._data[:step]), self._data[step:]
+        self.guard.check(chunk)
+        return chunk
+
+
+def _stream_records(reader: BodyReader | _Piece, guard: StreamGuard) -> Iterator[Any]:
+    count = 0
+    try:
+        # use_float=False: numbers ijson's C backend cannot hold as int or float (1e400,
+        # 20-digit counts) arrive as Decimal and cost only their field.
+        for item in ijson.items(reader, "data.item", use_float=False):
+            count += 1
+            guard.record_done()
+            yield item
+    except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
+        # UnicodeDecodeError: ijson's C backend cannot decode a key holding an escaped lone
+        # surrogate ("\udc00"). ArithmeticError: decimal.InvalidOperation on a number token.
+        raise ProtocolError(f"{ERRORS}: response is not valid JSON "
+                            f"({one_line(str(exc))[:120]})") from None
+    if count == 0:
+        raise ProtocolError(f"{ERRORS}: {reader.total} bytes without a 'data' list of records")
