@@ -5,15 +5,24 @@ record whole, stack traces included, and was most of the CPU of a large scrape. 
 cut into pieces of about PIECE_BYTES that end where a record ends, and each piece is decoded like
 a whole body: in the documented shape straight into records, in C (models.documented_errors).
 A piece with anything else in it goes through ijson as before, record by record, behind the
-StreamGuard, so what one odd record costs is its piece's speed, not the body's.
+StreamGuard, so what one odd record costs is its piece's speed, not the body's; after
+MAX_SLOW_PIECES such pieces the rest of the body goes through ijson.
 
-Where a record ends is found first by counting braces, which braces inside strings can mislead;
-a piece cut there decodes only if the cut was right (a prefix of a record is never valid JSON).
-If it does not decode, the cut is found again by reading the piece token by token, strings
-included: slower, and exact. A body whose `data` is not its first key, the last piece (the end
-of the list and whatever follows it), and a record larger than a piece go through ijson.
+Where a record ends is first guessed: records are alike, so the last `}, {"<first key>"` of the
+piece, the first key being the first record's. A piece cut there decodes only if the guess was
+right: a cut inside a string leaves the string open, a cut inside a record leaves its brace
+open, and neither is valid JSON. If it does not decode, the cut is found again by reading the
+piece token by token, strings included: slower, and exact. A body whose `data` is not its first
+key, the last piece (the end of the list and whatever follows it), and a record larger than a
+piece go through ijson.
 
-Memory: at most two pieces of the body beside the records of one.
+The StreamGuard's bounds (nesting, record size, digit runs) protect ijson, and stay in front of
+it. msgspec needs none of them: it stops at Python's recursion limit, and skips the fields it
+does not read without converting them. So a piece in the documented shape is read even where
+ijson would have refused the body (a record holding 3,000 brackets in its text, say).
+
+Memory: the first WHOLE_ERRORS_BYTES read, then at most two pieces of the body, beside the
+records of one piece.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ ERRORS = "/api/integrations/errors"
 PIECE_BYTES = 256 * 1024
 # Places looked at, from a piece's end back, for where a record ends, before the exact scan.
 MAX_GUESSES = 16
+# Pieces outside the documented shape read before the rest of the body goes to ijson whole:
+# each costs an exact scan on top of ijson.
+MAX_SLOW_PIECES = 8
 
 _DATA_START: Final = re.compile(rb'\s*\{\s*"data"\s*:\s*\[\s*')
 _FIRST_KEY: Final = re.compile(rb'\{\s*("[^"\\]{1,64}")\s*:')
@@ -57,17 +69,18 @@ def stream_errors(reader: BodyReader, head: bytes, guard: StreamGuard,
         del head
         yield from parse_errors(_stream_records(reader, guard), problems)
         return
-    body, at, ended, key = head, start.end(), False, first.group(1)
+    body, at, ended, key, slow = head, start.end(), False, first.group(1), 0
     del head
-    while True:
+    while slow < MAX_SLOW_PIECES:
         if not ended and len(body) - at < PIECE_BYTES:
             more, ended = reader.read_up_to(PIECE_BYTES)
             body, at = body[at:] + more, 0
         if ended and len(body) - at <= PIECE_BYTES:
             break  # the last piece, with the end of the list
-        cut, records = _piece(body, at, at + PIECE_BYTES, key, problems)
-        if cut is None:
+        cut, records, fast = _piece(body, at, at + PIECE_BYTES, key, problems)
+        if cut is None or cut <= at:
             break  # a record longer than a piece
+        slow += not fast
         yield from records
         at = body.index(b",", cut) + 1
     reader.replay(_PREFIX + body[at:])
@@ -76,21 +89,22 @@ def stream_errors(reader: BodyReader, head: bytes, guard: StreamGuard,
 
 
 def _piece(body: bytes, start: int, end: int, key: bytes,
-           problems: Problems) -> tuple[int | None, list[ErrorRecord]]:
-    """The records of the whole records in body[start:end], and where the last one ends."""
+           problems: Problems) -> tuple[int | None, list[ErrorRecord], bool]:
+    """Where the last whole record in body[start:end] ends, the records up to there, and
+    whether they were in the documented shape; no end for a record longer than the piece."""
     guess = _guess_record_end(body, start, end, key)
     records = _documented(body, start, guess, problems) if guess is not None else None
     if records is not None:
-        return guess, records
+        return guess, records, True
     cut = _exact_record_end(body, start, end)
     if cut is None:
-        return None, []
+        return None, [], False
     if cut != guess:
         records = _documented(body, start, cut, problems)
-    if records is None:  # not in the documented shape: record by record, as before
-        piece = _Piece(body[start:cut])
-        records = list(parse_errors(_stream_records(piece, piece.guard), problems))
-    return cut, records
+    if records is not None:
+        return cut, records, True
+    piece = _Piece(body[start:cut])  # not in the documented shape: record by record
+    return cut, list(parse_errors(_stream_records(piece, piece.guard), problems)), False
 
 
 def _documented(body: bytes, start: int, end: int, problems: Problems) -> list[ErrorRecord] | None:
@@ -110,22 +124,21 @@ def _guess_record_end(body: bytes, start: int, end: int, key: bytes) -> int | No
         if found < 0:
             return None
         before = found
-        brace = _skip_space_back(body, found - 1, start)
-        if body[brace] != _OPEN_BRACE:
-            continue
-        comma = _skip_space_back(body, brace - 1, start)
-        if body[comma] != _COMMA:
-            continue
-        close = _skip_space_back(body, comma - 1, start)
-        if body[close] == _CLOSE_BRACE:
+        brace = _before_space(body, found, start)
+        comma = _before_space(body, brace, start) if body[brace] == _OPEN_BRACE else start
+        close = _before_space(body, comma, start) if body[comma] == _COMMA else start
+        if close > start and body[close] == _CLOSE_BRACE:
             return close + 1
     return None
 
 
-def _skip_space_back(body: bytes, index: int, start: int) -> int:
+def _before_space(body: bytes, index: int, start: int) -> int:
+    """The index of the last byte before `index` that is not white space; `start` if none is
+    after it."""
+    index -= 1
     while index > start and body[index] in _SPACE:
         index -= 1
-    return index
+    return max(index, start)
 
 
 def _exact_record_end(body: bytes, start: int, end: int) -> int | None:
