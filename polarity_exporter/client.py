@@ -272,7 +272,7 @@ class PolarityClient:
                                 repair_utf8=True, guard=guard)
             head, whole = reader.read_up_to(WHOLE_ERRORS_BYTES)
             if not whole:
-                stream = stream_errors(reader, head, guard, problems)
+                stream = stream_errors(reader, head, guard, problems, deadline)
                 del head
                 yield from stream
                 return

@@ -2,24 +2,27 @@
 
 A body too large to hold whole used to go through ijson record by record: ijson builds every
 record whole, stack traces included, and was most of the CPU of a large scrape. Now the body is
-cut into pieces of about PIECE_BYTES that end where a record ends, and each piece is decoded like
-a whole body: in the documented shape straight into records, in C (models.documented_errors).
-A piece with anything else in it goes through ijson as before, record by record, behind the
-StreamGuard, so what one odd record costs is its piece's speed, not the body's; after
-MAX_SLOW_PIECES such pieces the rest of the body goes through ijson.
+cut into pieces of about PIECE_BYTES that end where a record ends, and each piece is decoded as
+a list of records in the documented shape, in C, straight into records
+(models.documented_error_items). A piece with anything else in it goes through ijson as
+before, record by record, behind a StreamGuard: one odd record costs its piece's speed.
 
-Where a record ends is first guessed: records are alike, so the last `}, {"<first key>"` of the
-piece, the first key being the first record's. A piece cut there decodes only if the guess was
-right: a cut inside a string leaves the string open, a cut inside a record leaves its brace
-open, and neither is valid JSON. If it does not decode, the cut is found again by reading the
-piece token by token, strings included: slower, and exact. A body whose `data` is not its first
-key, the last piece (the end of the list and whatever follows it), and a record larger than a
-piece go through ijson.
+Where a piece ends is guessed first: records are alike, so the `}, {"<first key>"` places from
+the piece's end back, the first key being the first record's. A guess is kept only if the piece
+up to it decodes: a cut inside a string leaves the string open, a cut inside a record leaves its
+brace open, and a cut past the end of the records' list leaves a `]` inside the piece; none of
+them is a valid list. If MAX_GUESSES guesses fail, the end is found by reading the piece token
+by token, strings included (exact, and a hundred times slower); after MAX_SLOW_PIECES pieces
+that needed it, the rest of the body goes to ijson. A body whose `data` is not its first key,
+the last piece (the end of the list and whatever follows it), a record longer than a piece,
+and whatever follows a piece in which the list ends go through ijson too.
 
-The StreamGuard's bounds (nesting, record size, digit runs) protect ijson, and stay in front of
-it. msgspec needs none of them: it stops at Python's recursion limit, and skips the fields it
-does not read without converting them. So a piece in the documented shape is read even where
-ijson would have refused the body (a record holding 3,000 brackets in its text, say).
+What is read is what ijson alone reads (tests/test_errorstream.py), with two exceptions in what
+is refused. ijson refuses some bodies msgspec reads: an exponent too large for a Decimal in a
+field nobody reads, or whatever its StreamGuard refuses (thousands of brackets in one record's
+text, a digit run of thousands); a piece in the documented shape never reaches ijson, so those
+records are read. And the guard's counts are exact only to a slice (8 KiB): a body within a
+slice of its bounds may be refused or not depending on where a piece starts.
 
 Memory: the first WHOLE_ERRORS_BYTES read, then at most two pieces of the body, beside the
 records of one piece.
@@ -27,25 +30,32 @@ records of one piece.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from typing import Any, Final
 
 import ijson
 
+from polarity_exporter.deadline import Deadline
 from polarity_exporter.errors import ProtocolError
 from polarity_exporter.jsondecode import StreamGuard
-from polarity_exporter.models import ErrorRecord, Problems, documented_errors, parse_errors
+from polarity_exporter.models import ErrorRecord, Problems, documented_error_items, parse_errors
 from polarity_exporter.transport import STREAM_SLICE, BodyReader, one_line
 
 ERRORS = "/api/integrations/errors"
 # A piece of the body decoded at once (~200 of Polarity's records): small enough that its
 # buffers stay below the allocator's mmap threshold (memory.py) and are reused, not mapped anew.
 PIECE_BYTES = 256 * 1024
-# Places looked at, from a piece's end back, for where a record ends, before the exact scan.
-MAX_GUESSES = 16
-# Pieces outside the documented shape read before the rest of the body goes to ijson whole:
-# each costs an exact scan on top of ijson.
+# Where a piece may end, found from its end back: at most this many are tried (decoded), among
+# the first MAX_KEYS_BACK places the first key occurs, before the exact scan. Polarity's
+# records hold a handful of objects at most (affected users) that may look alike.
+MAX_GUESSES = 4
+MAX_KEYS_BACK = 64
+# White space looked through between two records (pretty-printers write a few bytes).
+MAX_SPACE = 64
+# Pieces that needed the exact scan (~0.3 s per MB) read before the rest of the body goes to
+# ijson whole: a body whose pieces all need it costs at most this many scans more than ijson.
 MAX_SLOW_PIECES = 8
 
 _DATA_START: Final = re.compile(rb'\s*\{\s*"data"\s*:\s*\[\s*')
@@ -59,8 +69,8 @@ _SPACE: Final = frozenset(b" \t\r\n")
 _PREFIX: Final = b'{"data":['
 
 
-def stream_errors(reader: BodyReader, head: bytes, guard: StreamGuard,
-                  problems: Problems) -> Iterator[ErrorRecord]:
+def stream_errors(reader: BodyReader, head: bytes, guard: StreamGuard, problems: Problems,
+                  deadline: Deadline) -> Iterator[ErrorRecord]:
     """The records of a streamed errors body; `head` is what was read of it already."""
     start = _DATA_START.match(head)
     first = _FIRST_KEY.match(head, start.end()) if start is not None else None
@@ -77,9 +87,10 @@ def stream_errors(reader: BodyReader, head: bytes, guard: StreamGuard,
             body, at = body[at:] + more, 0
         if ended and len(body) - at <= PIECE_BYTES:
             break  # the last piece, with the end of the list
+        deadline.check(ERRORS)  # the head is cut into pieces without a read
         cut, records, fast = _piece(body, at, at + PIECE_BYTES, key, problems)
         if cut is None or cut <= at:
-            break  # a record longer than a piece
+            break  # a record longer than a piece, or the list ends in this piece
         slow += not fast
         yield from records
         at = body.index(b",", cut) + 1
@@ -91,54 +102,59 @@ def stream_errors(reader: BodyReader, head: bytes, guard: StreamGuard,
 def _piece(body: bytes, start: int, end: int, key: bytes,
            problems: Problems) -> tuple[int | None, list[ErrorRecord], bool]:
     """Where the last whole record in body[start:end] ends, the records up to there, and
-    whether they were in the documented shape; no end for a record longer than the piece."""
-    guess = _guess_record_end(body, start, end, key)
-    records = _documented(body, start, guess, problems) if guess is not None else None
-    if records is not None:
-        return guess, records, True
+    whether they were read the fast way (a guessed end, the documented shape); no end for a
+    record longer than the piece."""
+    for guess in itertools.islice(_guesses(body, start, end, key), MAX_GUESSES):
+        records = _documented(body, start, guess, problems)
+        if records is not None:
+            return guess, records, True
     cut = _exact_record_end(body, start, end)
     if cut is None:
         return None, [], False
-    if cut != guess:
-        records = _documented(body, start, cut, problems)
-    if records is not None:
-        return cut, records, True
-    piece = _Piece(body[start:cut])  # not in the documented shape: record by record
-    return cut, list(parse_errors(_stream_records(piece, piece.guard), problems)), False
+    records = _documented(body, start, cut, problems)
+    if records is None:  # not in the documented shape: record by record
+        piece = _Piece(body[start:cut])
+        records = list(parse_errors(_stream_records(piece, piece.guard), problems))
+    return cut, records, False
 
 
 def _documented(body: bytes, start: int, end: int, problems: Problems) -> list[ErrorRecord] | None:
+    # A list, not `{"data": [...]}`: a cut past the end of the records' list (in a list that
+    # follows it, say) must not decode.
     with memoryview(body) as view:
-        piece = b"".join((_PREFIX, view[start:end], b"]}"))
-    return documented_errors(piece, problems)
+        piece = b"".join((b"[", view[start:end], b"]"))
+    return documented_error_items(piece, problems)
 
 
-def _guess_record_end(body: bytes, start: int, end: int, key: bytes) -> int | None:
-    """Just past the `}` of the last `}, {"<key>"` in body[start:end], `key` being the first
-    key of the body's first record: where records are alike, where one ends and the next
-    begins. (Not inside a string, whose quotes would be escaped; it can be inside a record,
-    which the decode that follows finds out.)"""
+def _guesses(body: bytes, start: int, end: int, key: bytes) -> Iterator[int]:
+    """Just past the `}` of each `}, {"<key>"` in body[start:end], from the end back, `key`
+    being the first key of the body's first record: where records are alike, where one ends
+    and the next begins. (Never inside a string, whose quotes would be escaped; it can be
+    inside a record, in a list of objects that start with the same key, which the decode that
+    follows finds out.)"""
     before = end
-    for _ in range(MAX_GUESSES):
+    for _ in range(MAX_KEYS_BACK):
         found = body.rfind(key, start, before)
         if found < 0:
-            return None
+            return
         before = found
         brace = _before_space(body, found, start)
         comma = _before_space(body, brace, start) if body[brace] == _OPEN_BRACE else start
         close = _before_space(body, comma, start) if body[comma] == _COMMA else start
         if close > start and body[close] == _CLOSE_BRACE:
-            return close + 1
-    return None
+            yield close + 1
 
 
 def _before_space(body: bytes, index: int, start: int) -> int:
     """The index of the last byte before `index` that is not white space; `start` if none is
-    after it."""
-    index -= 1
-    while index > start and body[index] in _SPACE:
+    after it, or if the white space runs longer than a separator's would."""
+    for _ in range(MAX_SPACE):
         index -= 1
-    return max(index, start)
+        if index <= start:
+            return start
+        if body[index] not in _SPACE:
+            return index
+    return start
 
 
 def _exact_record_end(body: bytes, start: int, end: int) -> int | None:

@@ -321,20 +321,37 @@ class _ErrorsBody(msgspec.Struct, gc=False):
 
 
 _ERRORS_BODY: Final = msgspec.json.Decoder(_ErrorsBody)
+_ERROR_ITEMS: Final = msgspec.json.Decoder(list[_ErrorItem])
+# ValueError: invalid UTF-8 (UnicodeDecodeError). RecursionError: deep nesting, even in a
+# skipped field.
+_REFUSED = (msgspec.MsgspecError, ValueError, RecursionError)
 
 
 def documented_errors(body: bytes, problems: Problems) -> list[ErrorRecord] | None:
     """The records of an errors body in the documented shape; None for any other body.
 
-    Memory: only the fields above are built, a few objects per record; the body is already
-    bounded in size by the reader (client.WHOLE_ERRORS_BYTES).
+    Memory: only the fields above are built, a few objects per record (at most about 11 times
+    the body, for a body of nothing but one-character user ids); the body is already bounded in
+    size by the reader (client.WHOLE_ERRORS_BYTES).
     """
     try:
         items = _ERRORS_BODY.decode(body).data
-    except (msgspec.MsgspecError, ValueError, RecursionError):
-        # ValueError: invalid UTF-8 (UnicodeDecodeError). RecursionError: deep nesting, even in
-        # a skipped field.
+    except _REFUSED:
         return None
+    return _records(items, problems)
+
+
+def documented_error_items(items: bytes, problems: Problems) -> list[ErrorRecord] | None:
+    """As `documented_errors`, for a JSON list of error records (a piece of a streamed body,
+    errorstream.py): anything after the list's end, even another list, refuses it."""
+    try:
+        decoded = _ERROR_ITEMS.decode(items)
+    except _REFUSED:
+        return None
+    return _records(decoded, problems)
+
+
+def _records(items: list[_ErrorItem], problems: Problems) -> list[ErrorRecord]:
     records = []
     for item in items:
         attrs = item.attributes

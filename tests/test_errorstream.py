@@ -135,6 +135,12 @@ BODIES = {
     "a second data key after the list": streamed([BASE] * 9, data2=1).replace(
         b'"data2"', b'"data"'),
     "no data list": streamed([]).replace(b'"data"', b'"other"'),
+    "a list of records after the data list": streamed(
+        [BASE] * 9, included=[changed(BASE, ("attributes", "code"), "INCLUDED")] * 9),
+    "a list of other objects after the data list": streamed(
+        [BASE] * 9, included=[{"id": "vt", "type": "integrations", "attributes": {}}] * 20),
+    "white space between records": streamed([BASE] * 9).replace(b"}}, {", b"}}," + b" " * 600
+                                                                + b"{"),
     "records that are not objects": streamed([1, "two", [3], None] * 40),
     "the first record is not an object": streamed([[1]] + [BASE] * 9),
 }
@@ -180,15 +186,31 @@ def test_the_exact_scan_reads_strings_and_nesting(text: bytes, end: int | None) 
     assert errorstream._exact_record_end(text, 0, len(text)) == end
 
 
-def test_a_piece_whose_guess_lands_inside_a_record_is_cut_by_the_exact_scan() -> None:
+def two_records() -> tuple[bytes, int, int]:
+    """A body of two records whose affected users are objects that start with the records'
+    first key; where the first record ends, and where the second one's second user starts."""
     first = json.dumps(BASE).encode()
     second = json.dumps(changed(BASE, ("id",), "e2")).encode()
     body = b'{"data":[' + first + b", " + second + b"]}"
     start = len(b'{"data":[')
-    inside = body.rindex(b'{"id": "2"}')  # the second record's second user
-    end = inside + len(b"{\"id\"")
-    assert errorstream._guess_record_end(body, start, end, b'"id"') == inside - 2
-    problems: Problems = Counter()
-    cut, records, fast = errorstream._piece(body, start, end, b'"id"', problems)
-    assert (cut, fast) == (start + len(first), True)
+    return body, start + len(first), body.rindex(b'{"id": "2"}')
+
+
+def test_a_guess_inside_a_record_is_dropped_for_the_next_one() -> None:
+    body, first_end, inside = two_records()
+    start, end = len(b'{"data":['), inside + len(b'{"id"')
+    guesses = list(errorstream._guesses(body, start, end, b'"id"'))
+    assert guesses[:2] == [inside - 2, first_end]  # the users' separator first: wrong
+    cut, records, fast = errorstream._piece(body, start, end, b'"id"', Counter())
+    assert (cut, fast) == (first_end, True)
     assert [record.affected_users for record in records] == [("1", "2")]
+
+
+def test_a_piece_whose_guesses_all_fail_is_cut_by_the_exact_scan(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(errorstream, "MAX_GUESSES", 1)
+    body, first_end, inside = two_records()
+    start, end = len(b'{"data":['), inside + len(b'{"id"')
+    cut, records, fast = errorstream._piece(body, start, end, b'"id"', Counter())
+    assert (cut, fast) == (first_end, False)
+    assert len(records) == 1
