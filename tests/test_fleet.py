@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -230,25 +231,32 @@ def test_metrics_with_a_polarity_url_keep_serving_that_server(
 
 # --- isolation ----------------------------------------------------------------------------------
 
-def test_a_hung_target_answers_up_zero_in_time_and_delays_no_other(
-        tmp_path: Path, sims: dict[str, Simulator]) -> None:
+@contextmanager
+def hung_fleet(tmp_path: Path, sims: dict[str, Simulator]) -> Iterator[tuple[Simulator, Running]]:
+    """The fleet's servers plus `hung`, one that takes 30 s to answer, and an exporter over all."""
     with make_sim(9, 5, latency=30.0) as hung:
         file = TargetsFile(tmp_path)
         file.write({**sims, "hung": hung})
         with running_exporter(None, None, targets_file=str(file.path)) as exp:
-            results: dict[str, Scrape] = {}
-            hung_probe = threading.Thread(
-                target=lambda: results.__setitem__("hung", exp.probe("hung", timeout=2.0)))
-            hung_probe.start()
-            # Until the hung server has the probe's first request.
-            poll(lambda: hung.counts[LOGIN] > 0, 5)
-            with requests.Session() as other:
-                started = time.monotonic()
-                answer = other.get(f"{exp.url}/probe", params={"target": "prod"},
-                                   headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"},
-                                   timeout=10)
-                elapsed = time.monotonic() - started
-            hung_probe.join(10)
+            yield hung, exp
+
+
+def test_a_hung_target_answers_up_zero_in_time_and_delays_no_other(
+        tmp_path: Path, sims: dict[str, Simulator]) -> None:
+    with hung_fleet(tmp_path, sims) as (hung, exp):
+        results: dict[str, Scrape] = {}
+        hung_probe = threading.Thread(
+            target=lambda: results.__setitem__("hung", exp.probe("hung", timeout=2.0)))
+        hung_probe.start()
+        # Until the hung server has the probe's first request.
+        poll(lambda: hung.counts[LOGIN] > 0, 5)
+        with requests.Session() as other:
+            started = time.monotonic()
+            answer = other.get(f"{exp.url}/probe", params={"target": "prod"},
+                               headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"},
+                               timeout=10)
+            elapsed = time.monotonic() - started
+        hung_probe.join(10)
     assert answer.status_code == 200 and parse(answer.text)["polarity_up"][frozenset()] == 1
     assert elapsed < 1.0
     assert results["hung"].up == 0
@@ -448,26 +456,23 @@ def test_a_reload_during_a_login_leaves_no_session_open(fleet: Running, targets:
 
 def test_many_probes_of_a_hung_target_leave_workers_for_the_others(
         tmp_path: Path, sims: dict[str, Simulator]) -> None:
-    with make_sim(9, 5, latency=30.0) as hung:
-        file = TargetsFile(tmp_path)
-        file.write({**sims, "hung": hung})
-        with running_exporter(None, None, targets_file=str(file.path)) as exp:
-            def probe_hung() -> int:
-                with requests.Session() as session:
-                    return session.get(f"{exp.url}/probe", params={"target": "hung"},
-                                       headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"},
-                                       timeout=30).status_code
+    with hung_fleet(tmp_path, sims) as (hung, exp):
+        def probe_hung() -> int:
+            with requests.Session() as session:
+                return session.get(f"{exp.url}/probe", params={"target": "hung"},
+                                   headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"},
+                                   timeout=30).status_code
 
-            pool = [threading.Thread(target=probe_hung) for _ in range(40)]
-            for thread in pool:
-                thread.start()
-            poll(lambda: hung.counts[LOGIN] > 0, 5)
-            started = time.monotonic()
-            healthy = exp.probe("prod", timeout=3.0)
-            elapsed = time.monotonic() - started
-            for thread in pool:
-                thread.join(30)
-            answered_at_once = exp.logs.matching("too many probes waiting")
+        pool = [threading.Thread(target=probe_hung) for _ in range(40)]
+        for thread in pool:
+            thread.start()
+        poll(lambda: hung.counts[LOGIN] > 0, 5)
+        started = time.monotonic()
+        healthy = exp.probe("prod", timeout=3.0)
+        elapsed = time.monotonic() - started
+        for thread in pool:
+            thread.join(30)
+        answered_at_once = exp.logs.matching("too many probes waiting")
     assert healthy.up == 1 and elapsed < 1.0
     assert answered_at_once
 
