@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from polarity_exporter.exposition import choose
-from polarity_exporter.httpserver import BoundedServer, listen, one_line_error
+from polarity_exporter.httpserver import BoundedServer, listen
+from polarity_exporter.wsgi import one_line_error
 
 if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
     from polarity_exporter.servers import Fleet, Reloader

@@ -5,6 +5,7 @@ warnings."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import re
@@ -140,7 +141,8 @@ def test_1_a_request_cut_off_mid_headers_is_never_served(sim: Simulator) -> None
 
 def test_1_trickled_request_headers_are_cut_at_the_header_deadline(sim: Simulator) -> None:
     with running_exporter(sim.url, CREDS) as exp:
-        exp.exporter.server._header_timeout = 1.0
+        server = exp.exporter.server
+        server._timeouts = dataclasses.replace(server._timeouts, head=1.0)
         host, port = exp.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(b"GET /metrics HTTP/1.1\r\n")
@@ -344,3 +346,27 @@ def test_4_repeated_warnings_are_written_once_per_interval() -> None:
     now[0] = 11.0
     again = record("HTTP 500")
     assert repeats.filter(again) and again.repeated == 49
+
+
+# Issue 20, finding 3: SIGTERM ends the process within the shutdown timeout -----------------------
+
+def test_20_3_sigterm_does_not_wait_for_a_fetch_in_flight(sim: Simulator, tmp_path: Path) -> None:
+    """A fetch still reading a trickled listing ends with the process: the exit waits for the
+    grace and the logout (at most SHUTDOWN_LOGOUT_SECONDS), never for the fetch's deadline."""
+    from polarity_exporter.servers import SHUTDOWN_LOGOUT_SECONDS
+
+    polarity_timeout = 30.0
+    sim.faults = F.trickle(0.5, F.on(F.INTEGRATIONS))
+    proc, address, log_path = start(sim, tmp_path, f"--polarity.timeout={polarity_timeout}")
+    wait_until_ready(f"http://{address}/-/ready", proc)
+    scraping = threading.Thread(target=lambda: requests.get(
+        f"http://{address}/metrics", timeout=polarity_timeout + 5), daemon=True)
+    scraping.start()
+    deadline = time.monotonic() + 10
+    while not sim.counts[LIST] and time.monotonic() < deadline:  # the fetch is reading it
+        time.sleep(0.01)
+    assert sim.counts[LIST]
+    elapsed = sigterm_and_wait(proc)
+    assert proc.returncode == 0, log_path.read_text()
+    # The old exporter exited only at the fetch's own deadline (30 s here).
+    assert elapsed < GRACE + SHUTDOWN_LOGOUT_SECONDS + 2 < polarity_timeout
