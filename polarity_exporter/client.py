@@ -18,13 +18,14 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import requests
 
+from polarity_exporter import pools
 from polarity_exporter.auth import Authenticator
 from polarity_exporter.config import PolarityConfig
 from polarity_exporter.deadline import Deadline
@@ -108,7 +109,8 @@ class PolarityClient:
         self.base_url = config.url
         self.transport = Transport(config)
         self.auth = Authenticator(self.transport, config.credentials)
-        self._pages = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="polarity-page")
+        # Pages read at once, of this server: the threads are shared by all servers (pools.py).
+        self._pages = threading.BoundedSemaphore(config.max_concurrency)
         # Bodies are read concurrently but decoded one at a time (pages, and the errors body
         # when it is decoded whole): decoding is CPU-bound anyway (one GIL), and this bounds the
         # memory of decoded bodies to one body's.
@@ -125,7 +127,6 @@ class PolarityClient:
     def close(self) -> None:
         """Log out (password logins only) and release connections and threads. Requests still
         running end at their own deadlines; none of them can log in again."""
-        self._pages.shutdown(wait=False, cancel_futures=True)
         self.auth.logout(Deadline(min(self.config.timeout, 5.0)))
         self.transport.close()
 
@@ -244,17 +245,32 @@ class PolarityClient:
             listing.complete = False
             listing.notes.append(f"total {total} needs {pages} pages; read only {most}")
             pages = most
-        futures: list[Future[_Page[T]]] = [
-            self._pages.submit(self._get_page, number, deadline, parse)
-            for number in range(2, pages + 1)
-        ]
+        futures: list[Future[_Page[T]]] = []
         try:
+            for number in range(2, pages + 1):
+                futures.append(self._submit_page(number, deadline, parse))
             results = [first] + [future.result() for future in futures]
         finally:
             for future in futures:
                 future.cancel()
         _merge_pages(results, total, listing, key)
         return listing
+
+    def _submit_page(self, number: int, deadline: Deadline,
+                     parse: Callable[[list[Any]], list[T]]) -> Future[_Page[T]]:
+        """Read a page on a shared thread once this server has fewer than max_concurrency
+        pages in flight; waiting for that counts against the deadline."""
+        if not self._pages.acquire(timeout=max(0.0, deadline.remaining())):
+            raise DeadlineExceeded(f"page {number} of {INTEGRATIONS}: scrape deadline of "
+                                   f"{deadline.seconds:.2f}s exceeded (waiting for a page to "
+                                   "finish)")
+        try:
+            future = pools.bodies.submit(self._get_page, number, deadline, parse)
+        except BaseException:
+            self._pages.release()
+            raise
+        future.add_done_callback(lambda _future: self._pages.release())
+        return future
 
     # --- errors -----------------------------------------------------------------------------
 

@@ -11,14 +11,13 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
 
-from polarity_exporter import __version__, metrics
+from polarity_exporter import __version__, metrics, pools
 from polarity_exporter.client import Listing, PolarityClient
 from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
@@ -240,11 +239,6 @@ class PolarityCollector:
         self._config = config
         self._cache_ttl = cache_ttl  # said in polarity_up's HELP when results may be reused
         self._clean = LabelCleaner(config.max_label_length)
-        # The errors download runs beside the integrations listing, not after it.
-        self._errors_pool = ThreadPoolExecutor(1, thread_name_prefix="polarity-errors")
-
-    def close(self, wait: bool = True) -> None:
-        self._errors_pool.shutdown(wait=wait, cancel_futures=True)
 
     # --- talking to Polarity ------------------------------------------------------------------
 
@@ -264,9 +258,9 @@ class PolarityCollector:
         result.authenticated = self._part("cannot authenticate with Polarity", result,
                                           self._client.authenticate, deadline) is not None
         if result.authenticated:
-            errors = self._errors_pool.submit(self._part, "cannot read integration errors",
-                                              result, self._fetch_errors, deadline,
-                                              result.problems["errors"])
+            # The errors download runs beside the integrations listing, not after it.
+            errors = pools.bodies.submit(self._part, "cannot read integration errors", result,
+                                         self._fetch_errors, deadline, result.problems["errors"])
             self._part("cannot list integrations", result, self._fetch_integrations, deadline,
                        result)
             result.errors = errors.result()

@@ -8,7 +8,9 @@ cache), per Polarity server (servers.py: the --polarity.url one, and the --confi
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from types import FrameType
@@ -141,4 +143,11 @@ def run(config: Config) -> None:
     click.echo(f"polarity-exporter {__version__}: metrics at {url}")
     stop.wait()
     exporter.close(config.web.shutdown_timeout)
+    # Fetches still in flight are not waited for: each would end only at its own deadline (up
+    # to --polarity.timeout), past the shutdown timeout Kubernetes grants. The process ends
+    # here, as a Go exporter's does when main returns, without joining the pools' threads.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 

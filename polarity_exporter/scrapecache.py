@@ -29,12 +29,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
 
-from polarity_exporter import metrics
+from polarity_exporter import metrics, pools
 from polarity_exporter.deadline import Deadline
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,8 @@ class SharedScrape:
         self._lock = threading.Lock()  # guards _flight and _last; never held across a fetch
         self._flight: _Flight | None = None
         self._last: _Flight | None = None
-        self._runner = ThreadPoolExecutor(1, thread_name_prefix="polarity-fetch")
+        self._closed = False
+        self._then: Callable[[], None] | None = None  # run once the flight in flight ends
         self._last_encode = 0.0  # seconds the slowest of the recent answers took to encode
 
     def encoded(self, seconds: float) -> None:
@@ -107,12 +107,12 @@ class SharedScrape:
             flight = self._flight
             if flight is None:
                 flight = _Flight(Deadline(timeout - reserve, self._clock), started=self._clock())
-                try:
-                    self._runner.submit(self._run, flight)
-                except RuntimeError:  # closed: a reload retired this server a moment ago
+                if self._closed:  # a reload retired this server a moment ago
                     flight.failed = True
                     flight.done.set()
                 else:
+                    # Time queued for a fetch thread counts against the flight's deadline.
+                    pools.fetches.submit(self._run, flight)
                     self._flight = flight
             else:
                 latest = flight.started + self._max_lifetime
@@ -139,7 +139,10 @@ class SharedScrape:
                 self._flight = None
                 if not flight.failed and flight.reusable:
                     self._last = flight
+                then, self._then = self._then, None
             flight.done.set()
+            if then is not None:
+                then()
 
     def _fresh(self) -> _Flight | None:
         last = self._last
@@ -155,8 +158,14 @@ class SharedScrape:
         age.add_sample(age.name, {}, max(0.0, self._clock() - flight.finished))
         return [*flight.families, age]
 
-    def close(self, wait: bool = True) -> None:
-        """Stop the fetch thread; with `wait`, after a fetch in flight (bounded by its
-        deadline) ends."""
-        self._runner.shutdown(wait=wait, cancel_futures=True)
+    def close(self, then: Callable[[], None] | None = None) -> None:
+        """Start no more fetches; `then` runs once the fetch in flight, if any, has ended
+        (bounded by its deadline; on a fetch thread), else at once."""
+        with self._lock:
+            self._closed = True
+            if self._flight is not None:
+                self._then = then
+                return
+        if then is not None:
+            then()
 

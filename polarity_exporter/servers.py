@@ -28,13 +28,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
 
-from polarity_exporter import __version__, metrics
+from polarity_exporter import __version__, metrics, pools
 from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector, ScrapeResult
 from polarity_exporter.config import CollectorConfig, ConfigError, PolarityConfig, redact_url
@@ -49,6 +50,7 @@ Load = Callable[[], dict[str, PolarityConfig]]  # reads and checks the targets f
 MAX_WAITING_PROBES = 4
 # Logging out of every target at shutdown, in parallel: at most this long in all.
 SHUTDOWN_LOGOUT_SECONDS = 5.0
+SHUTDOWN_LOGOUTS = 16  # logouts at once
 
 
 class Server:
@@ -79,13 +81,20 @@ class Server:
         """The answer when nothing can be asked of Polarity in time: polarity_up 0."""
         return self.collector.build(ScrapeResult(timeout=timeout))
 
-    def close(self, wait: bool = False) -> None:
-        """Stop its threads, then log out; the client refuses to log in again. With `wait`,
-        after the fetch in flight ends (at its own deadline), so that the scrapes waiting for
-        it get its answer."""
-        self.shared.close(wait=wait)
-        self.collector.close(wait=wait)
+    def close(self) -> None:
+        """Start no more fetches and log out now; the client refuses to log in again."""
+        self.shared.close()
         self.client.close()
+
+    def retire(self) -> None:
+        """Start no more fetches; log out once the fetch in flight has ended (at its own
+        deadline), so that the scrapes waiting for it get its answer. Never blocks."""
+        self.retired.set()
+
+        def log_out() -> None:  # on a fetch thread: the reload must not wait for a logout
+            pools.fetches.submit(self.client.close)
+
+        self.shared.close(then=log_out)
 
 
 @dataclass
@@ -179,8 +188,7 @@ class Fleet:
         log.info("targets loaded", extra={"targets": len(configs), "new_or_changed": changed,
                                           "removed": len(removed)})
         for server in retired:
-            server.retired.set()
-        _retire_in_background(retired)
+            server.retire()
 
     # --- probes -------------------------------------------------------------------------
 
@@ -243,13 +251,14 @@ class Fleet:
             self._closed = True
             servers = [target.server for target in self._targets.values()]
             self._targets = {}
-        threads = [threading.Thread(target=server.close, name="logout", daemon=True)
-                   for server in servers]
-        for thread in threads:
-            thread.start()
-        until = time.monotonic() + SHUTDOWN_LOGOUT_SECONDS
-        for thread in threads:
-            thread.join(max(0.0, until - time.monotonic()))
+        if not servers:
+            return
+        # Threads of their own: the shared fetch threads may all be held by hung fetches.
+        logouts = ThreadPoolExecutor(min(len(servers), SHUTDOWN_LOGOUTS),
+                                     thread_name_prefix="logout")
+        done = [logouts.submit(server.close) for server in servers]
+        logouts.shutdown(wait=False)
+        wait(done, timeout=SHUTDOWN_LOGOUT_SECONDS)
 
 
 class Reloader:
@@ -315,14 +324,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _retire_in_background(servers: list[Server]) -> None:
-    """Retired servers finish their fetch in flight, then log out, without holding up the
-    reload that retired them (a fetch lasts up to its deadline, a logout up to 5 s)."""
-    for server in servers:
-        try:
-            threading.Thread(target=server.close, kwargs={"wait": True}, name="retire",
-                             daemon=True).start()
-        except RuntimeError:  # no thread to be had: close it here, without waiting
-            server.close()
