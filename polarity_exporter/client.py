@@ -37,8 +37,7 @@ from polarity_exporter.errors import (
     ProtocolError,
     RateLimitedError,
 )
-from polarity_exporter.errorstream import ERRORS, stream_errors
-from polarity_exporter.jsondecode import StreamGuard, decode_json
+from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
 from polarity_exporter.models import ErrorRecord, Problems, documented_errors, parse_errors
 from polarity_exporter.transport import BodyReader, Transport, check_json, retry_after
 
@@ -66,6 +65,7 @@ MAX_INTEGRATIONS = 20_000
 MAX_ERRORS_BYTES = 4 * 1024**3
 MAX_RETRIES = 2
 INTEGRATIONS = "/api/integrations"
+ERRORS = "/api/integrations/errors"
 
 T = TypeVar("T")
 
@@ -279,7 +279,8 @@ class PolarityClient:
 
         A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape straight into
         records (models.documented_errors), otherwise generically and record by record. A larger
-        body is streamed in pieces (errorstream.py), so it is never held whole.
+        body is streamed record by record through ijson behind a StreamGuard
+        (jsondecode.stream_items), so it is never held whole.
         """
         with self._get(ERRORS, deadline, ERRORS) as response:
             check_json(response, ERRORS)
@@ -288,9 +289,9 @@ class PolarityClient:
                                 repair_utf8=True, guard=guard)
             head, whole = reader.read_up_to(WHOLE_ERRORS_BYTES)
             if not whole:
-                stream = stream_errors(reader, head, guard, problems, deadline)
+                reader.replay(head)
                 del head
-                yield from stream
+                yield from parse_errors(stream_items(reader, guard, ERRORS), problems)
                 return
             with self._decode_lock:  # one whole body decoded at a time, pages included
                 records = documented_errors(head, problems)

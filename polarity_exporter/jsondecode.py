@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Final
+from collections.abc import Iterator
+from typing import Any, Final, Protocol
 
+import ijson
 import orjson
 
 from polarity_exporter.errors import ProtocolError
@@ -63,7 +65,9 @@ def _int(text: str) -> Any:
     return int(text) if len(text) - (text[0] == "-") <= MAX_INT_DIGITS else OUT_OF_RANGE
 
 
-def _float(text: str) -> Any:
+def json_float(text: str) -> Any:
+    """A JSON number with a fraction or an exponent, as every reader here gives it: a float,
+    or OUT_OF_RANGE past a float's range."""
     value = float(text)
     return value if math.isfinite(value) else OUT_OF_RANGE
 
@@ -98,7 +102,7 @@ def decode_json(body: bytes, what: str) -> Any:
         # strict=False: a raw control character inside a string is kept (and later cleaned
         # from labels) instead of costing the whole page.
         return json.loads(body.decode("utf-8", errors="replace"), strict=False,
-                          parse_int=_int, parse_float=_float,
+                          parse_int=_int, parse_float=json_float,
                           parse_constant=_constant)
     except RecursionError:
         raise ProtocolError(f"{what}: JSON nested too deeply to read") from None
@@ -173,3 +177,30 @@ class StreamGuard:
             self._digits = len(data) - len(data.rstrip(_DIGIT_CHARS))
         if run >= MAX_STREAM_DIGITS:
             raise ProtocolError(f"{self._what}: a run of {MAX_STREAM_DIGITS} digits or more")
+
+
+class StreamedBody(Protocol):
+    total: int  # bytes read so far
+
+    def read(self, size: int = -1) -> bytes: ...
+
+
+def stream_items(body: StreamedBody, guard: StreamGuard, what: str) -> Iterator[Any]:
+    """The records of `data` in a streamed body, one at a time, as ijson's C backend reads them
+    behind `guard` (which sees every slice first)."""
+    count = 0
+    try:
+        # use_float=False: numbers ijson's C backend cannot hold as int or float (1e400,
+        # 20-digit counts) arrive as Decimal; the readers take them as json would read their
+        # text (models.as_json_number).
+        for item in ijson.items(body, "data.item", use_float=False):
+            count += 1
+            guard.record_done()
+            yield item
+    except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
+        # UnicodeDecodeError: ijson's C backend cannot decode a key holding an escaped lone
+        # surrogate ("\udc00"). ArithmeticError: decimal.InvalidOperation on a number token.
+        reason = " ".join(str(exc).split())[:120]
+        raise ProtocolError(f"{what}: response is not valid JSON ({reason})") from None
+    if count == 0:
+        raise ProtocolError(f"{what}: {body.total} bytes without a 'data' list of records")

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from polarity_exporter.jsondecode import json_float
+
 # Counter of unreadable fields, keyed by field name (a small fixed set: safe as a metric label).
 Problems = Counter[str]
 
@@ -67,24 +69,24 @@ def _as_id(value: Any) -> str | None:
     return None
 
 
+def as_json_number(value: Decimal) -> Any:
+    """A number the streaming reader (ijson) gives as Decimal, as the whole-body readers give
+    the same text: a float, or OUT_OF_RANGE past a float's range. So 2.50 reads as 2.5, 1e20 as
+    1e20 and 1.0000000000000001 as 1.0 on both paths."""
+    return json_float(str(value))
+
+
 def _as_text(value: Any) -> str | None:
     if type(value) is str:
         return value[:MAX_TEXT]
     if type(value) is int:
         return str(value) if -_MAX_INT < value < _MAX_INT else None
+    if isinstance(value, Decimal):
+        value = as_json_number(value)
     if type(value) is float and math.isfinite(value):
         # `status` arrives as a number from some integrations; keep its usual spelling.
         return str(int(value)) if value.is_integer() else str(value)
-    if isinstance(value, Decimal) and value.is_finite():
-        # The range check comes first: int() of Decimal("1e999999999") would not finish.
-        if -_MAX_INT < value < _MAX_INT and value == int(value):
-            return str(int(value))
-        return str(value)[:MAX_TEXT]
     return None
-
-
-def _finite(value: float | Decimal) -> bool:
-    return value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
 
 
 def _attributes(item: dict[str, Any]) -> dict[str, Any]:
@@ -211,9 +213,11 @@ def _count(value: Any, problems: Problems) -> float | None:
     if type(value) is int:
         number = float(value) if 0 <= value <= _MAX_COUNT else None
     elif type(value) is float or isinstance(value, Decimal):
-        # Range first: int() of Decimal("1e999999999") would not finish.
-        if _finite(value) and 0 <= value <= _MAX_COUNT and value == int(value):
-            number = float(value)
+        if isinstance(value, Decimal):
+            value = as_json_number(value)
+        if type(value) is float and math.isfinite(value) and 0 <= value <= _MAX_COUNT \
+                and value == int(value):
+            number = value
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() \
             and len(value.strip()) <= 16:
         # ASCII only: str.isdigit() also accepts "²", which float() rejects.
@@ -321,7 +325,6 @@ class _ErrorsBody(msgspec.Struct, gc=False):
 
 
 _ERRORS_BODY: Final = msgspec.json.Decoder(_ErrorsBody)
-_ERROR_ITEMS: Final = msgspec.json.Decoder(list[_ErrorItem])
 # ValueError: invalid UTF-8 (UnicodeDecodeError). RecursionError: deep nesting, even in a
 # skipped field.
 _REFUSED = (msgspec.MsgspecError, ValueError, RecursionError)
@@ -339,16 +342,6 @@ def documented_errors(body: bytes, problems: Problems) -> list[ErrorRecord] | No
     except _REFUSED:
         return None
     return _records(items, problems)
-
-
-def documented_error_items(items: bytes, problems: Problems) -> list[ErrorRecord] | None:
-    """As `documented_errors`, for a JSON list of error records (a piece of a streamed body,
-    errorstream.py): anything after the list's end, even another list, refuses it."""
-    try:
-        decoded = _ERROR_ITEMS.decode(items)
-    except _REFUSED:
-        return None
-    return _records(decoded, problems)
 
 
 def _records(items: list[_ErrorItem], problems: Problems) -> list[ErrorRecord]:

@@ -237,3 +237,30 @@ def test_the_documented_reader_holds_at_most_twelve_times_its_body(dense: Any) -
         tracemalloc.stop()
     assert read is not None
     assert peak <= 12 * len(body)
+
+
+# Issue 20, finding 8: a streamed body (ijson, numbers as Decimal) reads numbers as the whole
+# body's readers do.
+STREAMED_NUMBERS = ["2.50", "1e20", "1e400", "-0.0", "1E+2", "12.5e-1", "1.0000000000000001",
+                    "3", "9007199254740993.0", "1e-400"]
+
+
+@pytest.mark.parametrize("number", STREAMED_NUMBERS)
+@pytest.mark.parametrize("field", ["code", "error-count"])
+def test_20_8_streamed_numbers_read_as_the_whole_body_reads_them(number: str,
+                                                                 field: str) -> None:
+    import io
+
+    import ijson
+
+    attributes = {"integration-id": "vt", "code": "c", "error-count": 1,
+                  "occurred-on": "2024-04-08 14:20:07Z"}
+    text = json.dumps({"data": [{"attributes": attributes}]}).replace(
+        json.dumps(attributes[field]) if field == "error-count" else '"c"', number, 1)
+    whole: Problems = Counter()
+    streamed: Problems = Counter()
+    from_whole = list(parse_errors(decode_json(text.encode(), "t")["data"], whole))
+    items = ijson.items(io.BytesIO(text.encode()), "data.item", use_float=False)
+    from_stream = list(parse_errors(items, streamed))
+    assert from_stream == from_whole
+    assert streamed == whole

@@ -100,7 +100,6 @@ def setup() -> Iterator[tuple[Simulator, PolarityCollector]]:
         try:
             yield sim, collector
         finally:
-            collector.close()
             client.close()
 
 
