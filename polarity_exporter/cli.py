@@ -21,12 +21,14 @@ import urllib3
 from polarity_exporter import __version__
 from polarity_exporter.config import (
     DEFAULT_PORT,
+    SETTINGS,
     CollectorConfig,
     Config,
     ConfigError,
     Password,
     PolarityConfig,
     ServerConfig,
+    Setting,
     choose_credentials,
     normalize_url,
     parse_listen_address,
@@ -48,6 +50,32 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
     return click.option(flag, name, envvar=envvar, show_envvar=True, show_default=True, **kwargs)
 
 
+class _Number(click.ParamType):  # type: ignore[type-arg]
+    """A per-server number, read and checked by its Setting: the targets file's rule and
+    message, not click's."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.setting = setting
+        self.name = f"{setting.kind.__name__} {setting.low:g}-{setting.high:g}"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | float:
+        try:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return self.setting.check(value)  # the default
+            return self.setting.parse(str(value))
+        except ConfigError as exc:
+            self.fail(f"{value!r} {exc}", param, ctx)
+
+
+def _settings(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The --polarity.<key> flags of config.SETTINGS, in their order."""
+    for setting in reversed(SETTINGS):
+        command = _option(setting.flag, f"POLARITY_{setting.key.upper()}", type=_Number(setting),
+                          default=setting.default, help=setting.help)(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100,
                                  "max_content_width": 100})
 @_option("--polarity.url", "POLARITY_URL",
@@ -62,13 +90,7 @@ def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
          help="CA bundle to verify Polarity's TLS certificate.")
 @_option("--polarity.insecure-skip-verify", "POLARITY_INSECURE_SKIP_VERIFY", is_flag=True,
          help="Do not verify Polarity's TLS certificate (logs a warning).")
-@_option("--polarity.timeout", "POLARITY_TIMEOUT", type=click.FloatRange(min=0.1), default=10.0,
-         help="Seconds: connect and read timeout, and the scrape deadline when Prometheus sends "
-              "no X-Prometheus-Scrape-Timeout-Seconds header.")
-@_option("--polarity.page-size", "POLARITY_PAGE_SIZE", type=click.IntRange(1, 10000), default=200,
-         help="Integrations per page when listing.")
-@_option("--polarity.max-concurrency", "POLARITY_MAX_CONCURRENCY", type=click.IntRange(1, 64),
-         default=10, help="Pages of integrations fetched at once.")
+@_settings
 @_option("--collector.max-codes", ENV + "COLLECTOR_MAX_CODES", type=click.IntRange(2, 1000),
          default=20, help="Most error-code series per integration; the rest fold into "
                           "code=\"other\".")
@@ -165,9 +187,7 @@ def polarity_config(flags: dict[str, Any]) -> PolarityConfig:
         credentials=credentials,
         ca_file=flags["ca_file"],
         insecure_skip_verify=flags["insecure_skip_verify"],
-        timeout=flags["timeout"],
-        page_size=flags["page_size"],
-        max_concurrency=flags["max_concurrency"],
+        **{setting.key: flags[setting.key] for setting in SETTINGS},
     )
 
 

@@ -6,8 +6,10 @@ config object printed in a log line or a traceback never shows them.
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, field
+import stat
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -44,6 +46,72 @@ class PolarityConfig:
     timeout: float = 10.0
     page_size: int = 200
     max_concurrency: int = 10
+
+
+# --- the per-server numbers: one schema for the flags and the targets file ---------------------
+
+_DEFAULTS = {f.name: f.default for f in fields(PolarityConfig) if f.default is not MISSING}
+# Prometheus allows scrape timeouts of minutes; past this, a setting is a mistake.
+MAX_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A per-server number: the targets file's key, the flag `--polarity.<key>` (dashes for
+    underscores), its type and inclusive range, PolarityConfig's default, and the one message
+    both give for a bad value."""
+
+    key: str
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--polarity." + self.key.replace("_", "-")
+
+    @property
+    def default(self) -> int | float:
+        value = _DEFAULTS[self.key]
+        assert isinstance(value, int | float)
+        return value
+
+    @property
+    def rule(self) -> str:
+        kind = "an integer" if self.kind is int else "a number"
+        return f"must be {kind} from {self.low:g} to {self.high:g}"
+
+    def check(self, value: object) -> int | float:
+        """The value as this setting's type, or ConfigError(rule): a bool, text, a float for an
+        integer, NaN, infinities and integers beyond a float's range are all refused."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                (self.kind is int and not isinstance(value, int)):
+            raise ConfigError(self.rule)
+        try:
+            number = self.kind(value)
+        except OverflowError:
+            raise ConfigError(self.rule) from None
+        if not self.low <= number <= self.high:  # False for NaN too
+            raise ConfigError(self.rule)
+        return number
+
+    def parse(self, text: str) -> int | float:
+        """A flag's or an environment variable's text, checked as `check` does."""
+        try:
+            value: int | float = int(text) if self.kind is int else float(text)
+        except ValueError:
+            raise ConfigError(self.rule) from None
+        return self.check(value)
+
+
+SETTINGS = (
+    Setting("timeout", float, 0.1, MAX_TIMEOUT,
+            "Seconds: connect and read timeout, and the scrape deadline when Prometheus sends no "
+            "X-Prometheus-Scrape-Timeout-Seconds header."),
+    Setting("page_size", int, 1, 10000, "Integrations per page when listing."),
+    Setting("max_concurrency", int, 1, 64, "Pages of integrations fetched at once."),
+)
 
 
 @dataclass(frozen=True)
@@ -125,16 +193,38 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return match["v6"] or match["host"] or "", port
 
 
-def read_secret_file(path: str, flag: str) -> str:
-    """Read a secret from a file, dropping the trailing newline editors add."""
+# Secret files are checked to be regular files of at most this size before they are read:
+# `--polarity.password-file /dev/zero` must fail, not fill the memory.
+MAX_SECRET_BYTES = 64 << 10
+
+
+def check_regular_file(path: str, limit: int, named: str) -> None:
+    """Raise unless `path` is a regular file (a symlink to one, as in a Kubernetes Secret
+    volume, is fine) of at most `limit` bytes; `named` says which file in messages."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            value = handle.read().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"cannot read {flag} {path}: {reason}") from None
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "invalid path"
+        raise ConfigError(f"cannot read {named}: {reason}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{named} is not a regular file")
+    if info.st_size > limit:
+        raise ConfigError(f"{named} is larger than {limit} bytes")
+
+
+def read_secret_file(path: str, named: str) -> str:
+    """A secret file's content (a regular file of at most MAX_SECRET_BYTES, UTF-8), without
+    the trailing newline editors add. `named` says which file: the targets file's messages
+    never name the path, as a password pasted where its file's path belongs would show."""
+    check_regular_file(path, MAX_SECRET_BYTES, named)
+    try:
+        with open(path, "rb") as handle:
+            value = handle.read(MAX_SECRET_BYTES + 1).decode("utf-8").rstrip("\r\n")
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"cannot read {named}: {reason}") from None
     if not value:
-        raise ConfigError(f"{flag} {path} is empty")
+        raise ConfigError(f"{named} is empty")
     return value
 
 
@@ -148,9 +238,9 @@ def choose_credentials(
 ) -> Credentials:
     """Pick exactly one kind of credential; reject ambiguous or partial configurations."""
     if api_key_file:
-        api_key = read_secret_file(api_key_file, "--polarity.api-key-file")
+        api_key = read_secret_file(api_key_file, f"--polarity.api-key-file {api_key_file}")
     if password_file:
-        password = read_secret_file(password_file, "--polarity.password-file")
+        password = read_secret_file(password_file, f"--polarity.password-file {password_file}")
     # Secrets made with `echo` into a file, an environment variable or a Kubernetes Secret end
     # in a newline: never part of a key or password.
     api_key = api_key.strip() if api_key else api_key

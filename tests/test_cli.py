@@ -10,6 +10,8 @@ import pytest
 from conftest import clean_env
 
 from polarity_exporter import __version__
+from polarity_exporter.config import SETTINGS, ConfigError, Setting
+from polarity_exporter.targets import parse_targets
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
@@ -155,3 +157,37 @@ def test_normal_path_never_imports_the_simulator() -> None:
     assert "cannot listen on" in result.stderr
     assert "polarity_exporter.client" in result.stderr  # importtime did report the imports
     assert "simulator" not in result.stderr
+
+
+# One schema for the per-server numbers (issue 19): the flag and the targets file key read the
+# same Setting, so they refuse the same values with the same rule.
+
+def _out_of_range(setting: Setting) -> list[str]:
+    step = 1 if setting.kind is int else 0.5
+    return [f"{setting.high + step:g}", f"{setting.low - step:g}", "nan", "x"]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.key)
+def test_a_flag_out_of_its_range_is_refused_with_its_settings_rule(setting: Setting) -> None:
+    for value in _out_of_range(setting):
+        result = run_cli("--polarity.url=https://polarity.example", f"{setting.flag}={value}",
+                         env={"POLARITY_API_KEY": "k"})
+        assert_one_line_error(result, setting.flag, setting.rule)
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.key)
+def test_the_targets_file_refuses_what_the_flag_refuses_with_the_same_rule(
+        setting: Setting) -> None:
+    for value in _out_of_range(setting):
+        number = float(value) if value != "x" else value
+        document = {"targets": {"lab": {"url": "https://polarity.example", "api_key": "k",
+                                        setting.key: number}}}
+        with pytest.raises(ConfigError) as caught:
+            parse_targets(document, "t.yml")
+        assert str(caught.value).endswith(f'key "{setting.key}": {setting.rule}')
+
+
+def test_the_timeout_takes_minutes_up_to_its_bound() -> None:
+    timeout = next(s for s in SETTINGS if s.key == "timeout")
+    assert timeout.high >= 300  # Prometheus allows scrape timeouts of minutes
+    assert timeout.parse("300") == 300.0

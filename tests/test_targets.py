@@ -20,12 +20,11 @@ import yaml
 from conftest import REPO
 
 from polarity_exporter import targets
-from polarity_exporter.config import ApiKey, ConfigError, Password, PolarityConfig
+from polarity_exporter.config import MAX_SECRET_BYTES, ApiKey, ConfigError, Password, PolarityConfig
 from polarity_exporter.targets import (
     KEYS,
     LOADERS,
     MAX_FILE_BYTES,
-    MAX_SECRET_BYTES,
     MAX_TARGETS,
     load_targets,
     parse_targets,
@@ -423,7 +422,7 @@ def test_message_for_a_small_timeout_names_file_target_and_key(config_dir: Path)
     with pytest.raises(ConfigError) as caught:
         load_targets(str(path))
     assert str(caught.value) == \
-        f'config file {path}: target "lab": key "timeout": must be a number >= 0.1'
+        f'config file {path}: target "lab": key "timeout": must be a number from 0.1 to 300'
 
 
 def test_unknown_key_suggests_the_closest_key(config_dir: Path) -> None:
