@@ -25,6 +25,7 @@ from typing import Any
 
 import requests
 
+from polarity_exporter.bodies import TOKEN_BODY_BYTES, BodyReader, check_json
 from polarity_exporter.config import ApiKey, Credentials, Password
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.errors import (
@@ -32,10 +33,9 @@ from polarity_exporter.errors import (
     DeadlineExceeded,
     PolarityError,
     ProtocolError,
-    RateLimitedError,
 )
 from polarity_exporter.jsondecode import decode_json
-from polarity_exporter.transport import TOKEN_BODY_BYTES, BodyReader, Transport, check_json
+from polarity_exporter.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,8 @@ class Authenticator:
             status = response.status_code
             if status == 401:
                 raise AuthError(f"{what} failed: invalid username or password (HTTP 401)")
-            if status == 429:
-                wait = self._transport.rate_limited(response, what)
-                raise RateLimitedError(f"{what} failed: rate limited by Polarity (HTTP 429)"
-                                       + (f", Retry-After {wait:.0f}s" if wait is not None
-                                          else ""))
+            if status == 429:  # not retried: the next scrape logs in again
+                self._transport.rate_limit.refused(response, deadline, f"{what} failed")
             if status != 200:
                 raise PolarityError(f"{what} failed: "
                                     f"{self._transport.failure(response, deadline, what)}")
@@ -186,8 +183,6 @@ class Authenticator:
                 if response.status_code == 401:
                     return False
                 if response.status_code != 200:
-                    if response.status_code == 429:
-                        self._transport.rate_limited(response, what)
                     raise PolarityError(self._transport.failure(response, deadline, what))
                 new_token, expires = self._read_token(response, deadline, what)
         except PolarityError as exc:

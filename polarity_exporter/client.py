@@ -27,6 +27,7 @@ import requests
 
 from polarity_exporter import pools
 from polarity_exporter.auth import Authenticator
+from polarity_exporter.bodies import BodyReader, check_json
 from polarity_exporter.config import PolarityConfig
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.errors import (
@@ -39,7 +40,7 @@ from polarity_exporter.errors import (
 )
 from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
 from polarity_exporter.models import ErrorRecord, Problems, documented_errors, parse_errors
-from polarity_exporter.transport import BodyReader, Transport, check_json, retry_after
+from polarity_exporter.transport import Transport
 
 __all__ = ["MAX_PAGES", "MAX_PAGE_BYTES", "MAX_RETRIES", "WHOLE_ERRORS_BYTES", "AuthError",
            "Deadline", "DeadlineExceeded", "ForbiddenError", "Listing", "PolarityClient",
@@ -169,8 +170,8 @@ class PolarityClient:
                 relogged += 1
                 self.auth.unauthorized(generation)
                 continue
-            if status == 429:
-                self._check_rate_limit(response, deadline, what, rate_limited)
+            if status == 429:  # the transport recorded its Retry-After for every request
+                self.transport.rate_limit.refused(response, deadline, what, rate_limited)
                 rate_limited += 1
                 continue
             if status in policy.statuses and policy.backoff(retries, deadline):
@@ -183,25 +184,7 @@ class PolarityClient:
         failure = self.transport.failure(response, deadline, what)
         if response.status_code == 403:
             raise ForbiddenError(f"{what}: {self.account} is not allowed ({failure})")
-        if response.status_code == 429:
-            self.transport.rate_limited(response, what)
         return failure
-
-    def _check_rate_limit(self, response: requests.Response, deadline: Deadline, what: str,
-                          earlier: int) -> None:
-        """After a 429 (its Retry-After already recorded): retry once if the wait fits in the
-        deadline, else fail. The block applies to every request of this client."""
-        wait = retry_after(response.headers.get("Retry-After"))
-        if wait is None:
-            raise RateLimitedError(f"{what}: rate limited by Polarity "
-                                   "(HTTP 429, no usable Retry-After)")
-        seconds = f"Retry-After {math.ceil(wait)}s"
-        if earlier >= self.transport.retry.max_rate_limit_retries:
-            raise RateLimitedError(f"{what}: rate limited by Polarity again (HTTP 429), "
-                                   f"{seconds}")
-        if wait + 0.1 >= deadline.remaining():
-            raise RateLimitedError(f"{what}: rate limited by Polarity (HTTP 429), {seconds} "
-                                   "does not fit in the scrape deadline")
 
     # --- integrations -----------------------------------------------------------------------
 

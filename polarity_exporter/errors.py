@@ -7,6 +7,11 @@ account and the server, never a password, token or key).
 
 from __future__ import annotations
 
+import re
+
+import requests
+import urllib3
+
 
 class PolarityError(Exception):
     """A failure talking to Polarity; str() is one line for the operator."""
@@ -31,3 +36,33 @@ class DeadlineExceeded(PolarityError):
 
 class RateLimitedError(PolarityError):
     """Polarity answered 429 and its Retry-After has not passed: retrying now would hammer it."""
+
+
+# --- how a failure reads ---
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
+_ERRNO = re.compile(r"\[Errno -?\d+\]\s*([^'\"\)]+)")
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short reason for a requests/urllib3 exception, without object reprs or URLs twice."""
+    text = str(exc)
+    if isinstance(exc, requests.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return "TLS certificate verify failed (set --polarity.ca-file to the server's CA)"
+        return "TLS handshake failed"
+    timeouts = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+    if isinstance(exc, timeouts):
+        return "timed out"
+    if any(marker in text for marker in ("Failed to resolve", "Name or service not known",
+                                          "Temporary failure in name resolution",
+                                          "nodename nor servname")):
+        return "DNS lookup failed"
+    errno = _ERRNO.search(text)
+    if errno:
+        return errno.group(1).strip()
+    return one_line(_OBJECT_REPR.sub("", text))[:200] or type(exc).__name__

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from polarity_exporter.bodies import STREAM_SLICE
 from polarity_exporter.errors import ProtocolError
 from polarity_exporter.jsondecode import (
     MAX_STREAM_DIGITS,
@@ -18,7 +19,6 @@ from polarity_exporter.jsondecode import (
     StreamGuard,
     decode_json,
 )
-from polarity_exporter.transport import STREAM_SLICE
 
 
 def feed(guard: StreamGuard, raw: bytes, cuts: list[int]) -> None:

@@ -19,9 +19,9 @@ from inproc import Running, running_exporter
 from reference import expected_errors
 
 from polarity_exporter.client import MAX_PAGE_BYTES, WHOLE_ERRORS_BYTES
+from polarity_exporter.retries import MAX_RETRY_AFTER
 from polarity_exporter.simulator import Request, Response, Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
-from polarity_exporter.transport import MAX_RETRY_AFTER
 
 JSONAPI = {"Content-Type": "application/vnd.api+json"}
 
