@@ -72,7 +72,8 @@ class Server:
         self.collector = PolarityCollector(self.client, collector, cache_ttl)
         # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
         self.shared = SharedScrape(self.collector.scrape, ttl=cache_ttl,
-                                   max_lifetime=config.timeout, late=self.late)
+                                   max_lifetime=config.timeout,
+                                   late=_late_answer(self.collector))
 
     def __call__(self, timeout: float) -> list[Metric]:
         return self.shared(timeout)
@@ -324,3 +325,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _late_answer(collector: PolarityCollector) -> Callable[[float], list[Metric]]:
+    """Server.late for its SharedScrape, holding the collector only. A bound method of the
+    Server would make Server -> SharedScrape -> Server a reference cycle: a retired Server (its
+    session, pools and last families) would then wait for the cyclic GC, which the exporter's
+    GC threshold (memory.py) makes rare, and RSS grew across reloads (issue 20, finding 10)."""
+    def late(timeout: float) -> list[Metric]:
+        return collector.build(ScrapeResult(timeout=timeout))
+    return late

@@ -567,3 +567,26 @@ def test_reload_requests_beyond_a_few_waiting_are_refused_at_once(
         post.join(30)
     assert refused == [503] * (8 - MAX_RELOAD_WAITERS)
     assert sorted(statuses) == [200] * MAX_RELOAD_WAITERS + [503] * (8 - MAX_RELOAD_WAITERS)
+
+
+# Issue 20, finding 10: RSS grew across reloads because a retired Server sat in a reference
+# cycle, freed only by the (rarely run) cyclic GC. With the GC off, closing must free it.
+
+def test_20_10_a_closed_server_is_freed_without_the_cyclic_gc(sim: Simulator) -> None:
+    import gc
+    import weakref
+
+    from polarity_exporter.config import CollectorConfig, PolarityConfig
+    from polarity_exporter.servers import SHUTDOWN_LOGOUT_SECONDS, Server
+
+    gc.disable()
+    try:
+        server = Server(PolarityConfig(url=sim.url, credentials=CREDS), CollectorConfig(), 0.0)
+        assert server(5.0)  # a scrape: its session, pools and families are in use
+        server.close()
+        ref = weakref.ref(server)
+        del server
+        poll(lambda: ref() is None, SHUTDOWN_LOGOUT_SECONDS)  # a thread may still hold it
+        assert ref() is None, [type(r).__name__ for r in gc.get_referrers(ref())]
+    finally:
+        gc.enable()

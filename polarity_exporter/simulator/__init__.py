@@ -5,12 +5,7 @@ never imports the exporter: it models Polarity's documented REST API, not our cl
 """
 
 from polarity_exporter.simulator.dataset import Dataset
-from polarity_exporter.simulator.server import (
-    FaultHook,
-    Request,
-    Response,
-    Simulator,
-    SimulatorConfig,
-)
+from polarity_exporter.simulator.http import Request, Response
+from polarity_exporter.simulator.server import FaultHook, Simulator, SimulatorConfig
 
 __all__ = ["Dataset", "FaultHook", "Request", "Response", "Simulator", "SimulatorConfig"]

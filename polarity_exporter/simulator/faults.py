@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from polarity_exporter.simulator.server import FaultHook, Request, Response
+from polarity_exporter.simulator.http import Request, Response
+from polarity_exporter.simulator.server import FaultHook
 
 INTEGRATIONS = "/api/integrations"
 ERRORS = "/api/integrations/errors"
