@@ -118,7 +118,7 @@ class PolarityCollector:
             log.log(level, failure, extra={"err": str(exc)})
             return None
         except Exception as exc:  # a bug, or input beyond every bound: never the whole scrape
-            log.error(failure, extra={"err": f"unexpected {type(exc).__name__}: "
+            log.error(failure, exc_info=exc, extra={"err": f"unexpected {type(exc).__name__}: "
                                              f"{' '.join(str(exc).split())[:200]}"})
             return None
         return True if value is None else value

@@ -105,7 +105,7 @@ class BoundedServer:
                     self._turn()
                 except Exception as exc:
                     log.error("http server loop error", extra={"err": one_line_error(exc)},
-                              exc_info=log.isEnabledFor(logging.DEBUG))
+                              exc_info=exc)
                 if self._stopping.is_set() and not self._drain_for_shutdown():
                     break
         finally:

@@ -1,7 +1,10 @@
 """Logging in the formats Go exporters use: logfmt (default) or JSON, one line per event.
 
-Exceptions never print tracebacks: the exporter logs the cause in one line, and the formatter
-drops `exc_info` so that a stray `logger.exception` cannot dump a stack (or a secret in a frame).
+The cause of a failure is logged in one line (`err`). A bug's record also carries its exception
+(`exc_info`); at `--log.level=debug` only, the formatter writes where it happened as a `traceback`
+field, still on the event's one line: the frames (file, line, function, source line) and the
+exception's type, never its message or a frame's values, which may hold what the code was
+reading (a secret, a value from the targets file). Above debug, no traceback is written.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
@@ -21,7 +25,7 @@ _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
+def _fields(record: logging.LogRecord, tracebacks: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         + f".{int(record.msecs):03d}Z",
@@ -35,7 +39,15 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
         out.setdefault("err", f"{type(exc).__name__}: {exc}")
+        if tracebacks:
+            out["traceback"] = where(exc)
     return out
+
+
+def where(exc: BaseException) -> str:
+    """A traceback without the exception's message: the frames and the exception's type."""
+    frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+    return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}"
 
 
 def _logfmt_value(value: Any) -> str:
@@ -46,13 +58,18 @@ def _logfmt_value(value: Any) -> str:
 
 
 class LogfmtFormatter(logging.Formatter):
+    def __init__(self, tracebacks: bool = False) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks  # at debug level only
+
     def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+        fields = _fields(record, self.tracebacks)
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(LogfmtFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), ensure_ascii=False, default=str)
+        return json.dumps(_fields(record, self.tracebacks), ensure_ascii=False, default=str)
 
 
 class RepeatFilter(logging.Filter):
@@ -90,7 +107,8 @@ class RepeatFilter(logging.Filter):
 
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    debug = level == "debug"
+    handler.setFormatter(JsonFormatter(debug) if fmt == "json" else LogfmtFormatter(debug))
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

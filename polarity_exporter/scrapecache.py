@@ -131,7 +131,7 @@ class SharedScrape:
             flight.families, flight.reusable = families, reusable
         except BaseException as exc:  # a bug: fail the waiting scrapes, not the thread
             flight.failed = True
-            log.error("Polarity fetch failed unexpectedly",
+            log.error("Polarity fetch failed unexpectedly", exc_info=exc,
                       extra={"err": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]})
         finally:
             flight.finished = self._clock()

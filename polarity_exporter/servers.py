@@ -146,7 +146,8 @@ class Fleet:
                 f"unexpected {type(exc).__name__}"
             with self._lock:
                 self._state.successful = False
-            log.error("reload failed; keeping the last good targets", extra={"err": reason})
+            log.error("reload failed; keeping the last good targets", extra={"err": reason},
+                      exc_info=None if isinstance(exc, ConfigError) else exc)
             return reason
         return None
 
@@ -299,6 +300,7 @@ class Reloader:
                 outcome = self._fleet.reload()  # failures are its outcome
             except BaseException as exc:  # a bug: this thread must live for the next reload
                 outcome = f"unexpected {type(exc).__name__}"
+                log.error("reload failed unexpectedly", exc_info=exc, extra={"err": outcome})
             with self._cond:
                 self._done, self._outcome = number, outcome
                 self._cond.notify_all()

@@ -130,7 +130,7 @@ class ExporterApp:
         try:
             return self._handle(environ, start_response)
         except Exception as exc:  # a bug must cost one request, not the exporter
-            self._log_failure(exc)
+            self._log_failure(exc)  # with its traceback at debug level
             return _reply(start_response, "500 Internal Server Error", b"request failed\n")
 
     def _log_failure(self, exc: BaseException) -> None:
@@ -141,8 +141,8 @@ class ExporterApp:
                 return
             self._next_error_log, suppressed, self._suppressed = \
                 now + ERROR_LOG_INTERVAL, self._suppressed, 0
-        log.error("request failed unexpectedly", extra={"err": one_line_error(exc),
-                                                        "suppressed": suppressed})
+        log.error("request failed unexpectedly", exc_info=exc,
+                  extra={"err": one_line_error(exc), "suppressed": suppressed})
 
     def _handle(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO") or "/"

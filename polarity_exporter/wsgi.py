@@ -66,7 +66,7 @@ def run_app(app: WSGIApp, environ: dict[str, Any]) -> Answer:
         status = int(str(sent["status"]).split(" ", 1)[0])
     except Exception as exc:  # the app guards itself; this is the last line of defence
         log.error("request failed", extra={"err": one_line_error(exc)},
-                  exc_info=log.isEnabledFor(logging.DEBUG))
+                  exc_info=exc)
         return 500, [("Content-Type", "text/plain"),
                      ("Content-Length", str(len(_FAILED)))], [_FAILED]
     log.debug("http request", extra={"client": environ["REMOTE_ADDR"],

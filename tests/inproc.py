@@ -42,8 +42,10 @@ class LogCapture(logging.Handler):
         super().__init__(logging.DEBUG)
         self.setFormatter(LogfmtFormatter())
         self.lines: list[str] = []
+        self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
         self.lines.append(self.format(record))
 
     def text(self) -> str:
