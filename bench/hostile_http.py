@@ -215,8 +215,11 @@ def probe(port: int, timeout: float = 1.0) -> bool:
 
 def closed_by_peer(sock: socket.socket) -> bool:
     """Whether the server closed (or answered on) an idle connection, without waiting."""
+    # Non-blocking, not MSG_DONTWAIT: on a socket with a timeout Python polls for up to the
+    # timeout before calling recv at all.
+    sock.setblocking(False)
     try:
-        sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)  # b"" (EOF) or an answer
+        sock.recv(1, socket.MSG_PEEK)  # b"" (EOF) or an answer
     except BlockingIOError:
         return False  # nothing to read: still open
     except OSError:
@@ -492,8 +495,8 @@ def case_slow_reader(srv: Server) -> str:
     if counter.whole:
         return f"whole body ({mb:.1f} MB) in {elapsed:.1f} s"
     share = 100 * counter.body / size if size else 0
-    how = "EOF" if eof else "nothing more"
-    return f"cut: {how} after {elapsed:.1f} s with {share:.0f}% of {mb:.1f} MB"
+    end = "then EOF" if eof else "then nothing more"
+    return f"cut: {share:.0f}% of {mb:.1f} MB arrived, {end} ({elapsed:.1f} s)"
 
 
 def case_partial_pipelined(srv: Server) -> str:
@@ -543,7 +546,7 @@ def case_slowloris(srv: Server) -> str:
                         closed_at[i] = time.monotonic() - start
                         continue
                     try:
-                        sock.send(trickle[tick:tick + 1], socket.MSG_DONTWAIT)
+                        sock.send(trickle[tick:tick + 1])  # non-blocking since closed_by_peer
                     except OSError:
                         closed_at[i] = time.monotonic() - start
     finally:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import h11
+import h11._readers
 
 from polarity_exporter.wsgi import Answer
 
@@ -20,6 +21,22 @@ SEND_BYTES = 256 * 1024  # per send() call
 SEND_BYTES_PER_TURN = 4 * 1024 * 1024  # per connection and turn of the loop
 
 READING, BUSY, WRITING = "reading", "busy", "writing"
+
+
+def _refuse_obs_fold(lines: Any) -> Any:
+    """h11 joins a header line that starts with a blank to the one before (obs-fold, which RFC
+    9112 lets a server refuse). A proxy in front may read such lines differently, so a body
+    could pass for a second request: the head is refused (400) instead. h11 has no option for
+    this; its own line splitter calls this function, so the check is exact."""
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            raise h11.LocalProtocolError("obsolete line folding is not accepted")
+        yield line
+
+
+if not callable(getattr(h11._readers, "_obsolete_line_fold", None)):  # h11 changed: say so
+    raise ImportError("h11 no longer has _readers._obsolete_line_fold; see connection.py")
+h11._readers._obsolete_line_fold = _refuse_obs_fold
 
 
 @dataclass(frozen=True)

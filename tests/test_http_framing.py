@@ -23,6 +23,14 @@ HEADS = {
                  400),
     "two-lengths": (b"GET /metrics HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n"
                     b"Host: x\r\n\r\nab", 400),
+    "obs-fold-of-an-ordinary-header": (b"GET /metrics HTTP/1.1\r\nX-A: a\r\n b\r\nHost: x\r\n\r\n",
+                                       400),
+    # Where Go's net/http is stricter than the old server was (issue 20): match it.
+    "nul-in-a-header-value": (b"GET /metrics HTTP/1.1\r\nX-A: a\x00b\r\nHost: x\r\n\r\n", 400),
+    "no-host-on-http-1.1": (b"GET /metrics HTTP/1.1\r\nX-A: a\r\n\r\n", 400),
+    "tab-in-the-request-line": (b"GET\t/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "transfer-encoding-other-than-chunked": (
+        b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: gzip\r\nHost: x\r\n\r\n", 501),
     "space-before-the-colon": (b"GET /metrics HTTP/1.1\r\nContent-Length : 5\r\nHost: x\r\n\r\n"
                                b"hello", 400),
     "chunked": (b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: x\r\n\r\n0\r\n\r\n",
