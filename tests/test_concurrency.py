@@ -24,6 +24,9 @@ LIST = ("GET", "/api/integrations")
 ERRORS = ("GET", "/api/integrations/errors")
 LOGIN = ("POST", "/api/users/login")
 
+# Every test here bounds a time: they run on one worker, one after another (conftest.py).
+pytestmark = pytest.mark.timing
+
 
 @pytest.fixture
 def slow_sim() -> Iterator[Simulator]:
@@ -97,15 +100,18 @@ def test_cache_expires_after_ttl() -> None:
 
 
 def test_a_scrape_that_times_out_waiting_for_a_shared_fetch_says_so(slow_sim: Simulator) -> None:
-    slow_sim.config.latency = 1.0
-    with running_exporter(slow_sim.url, CREDS) as exp:
+    # The leader's fetch takes at least two requests of 2 s each; the follower has a deadline
+    # of 1 s, designed to answer at 0.9 s: it must not wait for the fetch.
+    slow_sim.config.latency = 2.0
+    with running_exporter(slow_sim.url, CREDS, timeout=10.0) as exp:
+        follower_timeout = exp.exporter.app.timeout_offset + 1.0
         with ThreadPoolExecutor(1) as pool:
-            leader = pool.submit(exp.scrape, 5.0)
+            leader = pool.submit(exp.scrape, 8.0)
             while slow_sim.counts[LOGIN] == 0:  # the leader's fetch is in flight
                 threading.Event().wait(0.01)
-            follower: Scrape = exp.scrape(timeout=0.8)  # deadline 0.3 s
+            follower: Scrape = exp.scrape(timeout=follower_timeout)
             assert follower.response.status_code == 200
-            assert follower.elapsed < 0.8
+            assert follower.elapsed < follower_timeout  # and >= 1.5 s before the fetch ends
             assert follower.up == 0
             assert leader.result().up == 1
         assert exp.logs.matching("scrape deadline passed before the Polarity fetch finished")

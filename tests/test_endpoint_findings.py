@@ -32,24 +32,19 @@ from conftest import (
     SIM_USER,
     clean_env,
     free_port,
-    require_tool,
     wait_until_ready,
 )
-from inproc import Certs, make_certs, running_exporter
+from inproc import Certs, running_exporter
 from test_cli import assert_one_line_error, run_cli
 
 from polarity_exporter.simulator import Request, Response, Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
+from polarity_exporter.web import MIN_TIMEOUT, TIMEOUT_HEADER
 from polarity_exporter.webconfig import load_web_config
 
 GRACE = 3.0
 LOGOUT = ("POST", "/api/users/logout")
 LIST = ("GET", "/api/integrations")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(require_tool("openssl"), tmp_path_factory.mktemp("certs"))
 
 
 def start(sim: Simulator, tmp_path: Path, *flags: str) -> tuple[subprocess.Popen[str], str, Path]:
@@ -83,6 +78,7 @@ def sigterm_and_wait(proc: subprocess.Popen[str]) -> float:
 
 # 1: shutdown and connections ---------------------------------------------------------------------
 
+@pytest.mark.timing
 @pytest.mark.parametrize("client", ["idle", "half-sent", "tls-idle"])
 def test_1_sigterm_with_a_lingering_connection_exits_0_within_the_grace(
         sim: Simulator, certs: Certs, tmp_path: Path, client: str) -> None:
@@ -140,6 +136,7 @@ def test_1_a_request_cut_off_mid_headers_is_never_served(sim: Simulator) -> None
     assert sim.counts[LIST] == 0
 
 
+@pytest.mark.timing
 def test_1_trickled_request_headers_are_cut_at_the_header_deadline(sim: Simulator) -> None:
     with running_exporter(sim.url, CREDS) as exp:
         server = exp.exporter.server
@@ -164,6 +161,7 @@ def test_1_trickled_request_headers_are_cut_at_the_header_deadline(sim: Simulato
     assert sim.counts[LIST] == 0
 
 
+@pytest.mark.timing
 def test_1_five_hundred_idle_connections_leave_health_answering_and_threads_bounded(
         sim: Simulator, tmp_path: Path) -> None:
     proc, address, _ = start(sim, tmp_path)
@@ -187,9 +185,15 @@ def test_1_five_hundred_idle_connections_leave_health_answering_and_threads_boun
 
 # 2: the scrape deadline ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["0", "-5", "inf", "-inf", "nan", "1e308", "1e11", "1e9",
-                                   "ten", "9" * 400])
-def test_2_any_timeout_header_answers_200(sim: Simulator, value: str) -> None:
+# What each header becomes: the floor (MIN_TIMEOUT) or the ceiling (--polarity.timeout).
+ODD_TIMEOUTS = {"0": "floor", "-5": "floor", "inf": "ceiling", "-inf": "floor", "nan": "ceiling",
+                "1e308": "ceiling", "1e11": "ceiling", "1e9": "ceiling", "ten": "ceiling",
+                "9" * 400: "ceiling"}
+
+
+@pytest.mark.parametrize(("value", "clamped"), ODD_TIMEOUTS.items(), ids=list(ODD_TIMEOUTS))
+def test_2_any_timeout_header_answers_200_with_a_clamped_deadline(sim: Simulator, value: str,
+                                                                 clamped: str) -> None:
     sim.config.latency = 0.05  # keeps a fetch in flight for the next request
     with running_exporter(sim.url, CREDS) as exp:
         results: list[int] = []
@@ -202,10 +206,14 @@ def test_2_any_timeout_header_answers_200(sim: Simulator, value: str) -> None:
         odd = requests.get(f"{exp.url}/metrics", timeout=30,
                            headers={"X-Prometheus-Scrape-Timeout-Seconds": value})
         thread.join()
+        deadline = exp.exporter.app.scrape_timeout({TIMEOUT_HEADER: value})
     assert odd.status_code == 200
     assert results == [200]
+    assert deadline == {"floor": MIN_TIMEOUT, "ceiling": exp.exporter.polarity.config.timeout}[
+        clamped]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("cache_ttl", [0.0, 30.0])
 def test_2_a_client_looping_with_a_zero_timeout_does_not_fail_normal_scrapes(
         cache_ttl: float) -> None:
@@ -351,6 +359,7 @@ def test_4_repeated_warnings_are_written_once_per_interval() -> None:
 
 # Issue 20, finding 3: SIGTERM ends the process within the shutdown timeout -----------------------
 
+@pytest.mark.timing
 def test_20_3_sigterm_does_not_wait_for_a_fetch_in_flight(sim: Simulator, tmp_path: Path) -> None:
     """A fetch still reading a trickled listing ends with the process: the exit waits for the
     grace and the logout (at most SHUTDOWN_LOGOUT_SECONDS), never for the fetch's deadline."""

@@ -28,6 +28,7 @@ import pytest
 import requests
 from conftest import CREDS, SIM_PASSWORD, SIM_USER
 from inproc import Running, Scrape, running_exporter
+from support import reset_peak, vm_kib, wait_out_rate_limit
 
 from polarity_exporter.simulator import Request, Response, Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
@@ -118,17 +119,6 @@ ROUTES = [
 ]
 
 
-def vm_kib(field: str) -> int:
-    match = re.search(rf"{field}:\s+(\d+) kB", open("/proc/self/status").read())
-    assert match
-    return int(match.group(1))
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # resets VmHWM to the current RSS
-
-
 @dataclass
 class Observed:
     scrape: Scrape
@@ -189,13 +179,6 @@ def check_truth(scrape: Scrape, route: Route, fault: str) -> None:
         assert up == listed == 1
 
 
-def wait_out_rate_limit(exp: Running) -> None:
-    rate_limit = exp.exporter.client.transport.rate_limit
-    deadline = time.monotonic() + 5
-    while rate_limit.remaining() > 0 and time.monotonic() < deadline:
-        time.sleep(min(0.05, max(0.0, rate_limit.remaining())))  # waiting for time itself
-
-
 @pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.name)
 def test_fault_matrix(route: Route, fault: str) -> None:
@@ -226,6 +209,7 @@ def test_fault_matrix(route: Route, fault: str) -> None:
         assert logins(sim) - before <= 1
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_matrix_logout_ends_within_its_deadline(fault: str) -> None:
     with Simulator(SimulatorConfig(users={SIM_USER: SIM_PASSWORD})) as sim:

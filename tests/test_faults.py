@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import CREDS, SIM_PASSWORD, SIM_USER, free_port, require_tool
-from inproc import Certs, Running, Scrape, api_key, make_certs, password, running_exporter
+from conftest import CREDS, SIM_PASSWORD, SIM_USER, free_port
+from inproc import Certs, Running, Scrape, api_key, password, running_exporter
 from reference import clean, expected_errors
 
 from polarity_exporter.client import MAX_PAGES, MAX_RETRIES
@@ -164,6 +164,7 @@ def test_login_is_not_retried_because_it_is_not_idempotent(sim: Simulator,
     assert logins(sim) == 1
 
 
+@pytest.mark.timing
 def test_429_with_retry_after_inside_the_deadline_is_waited_out(sim: Simulator,
                                                                 exp: Running) -> None:
     sim.faults = F.first(1, F.status(429, F.on(), headers={"Retry-After": "1"}),
@@ -482,11 +483,6 @@ def test_endless_pages_are_bounded(sim: Simulator) -> None:
 
 
 # --- TLS to Polarity -------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(require_tool("openssl"), tmp_path_factory.mktemp("certs"))
-
 
 @pytest.fixture
 def tls_sim(certs: Certs) -> Iterator[Simulator]:

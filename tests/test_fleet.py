@@ -241,6 +241,7 @@ def hung_fleet(tmp_path: Path, sims: dict[str, Simulator]) -> Iterator[tuple[Sim
             yield hung, exp
 
 
+@pytest.mark.timing
 def test_a_hung_target_answers_up_zero_in_time_and_delays_no_other(
         tmp_path: Path, sims: dict[str, Simulator]) -> None:
     with hung_fleet(tmp_path, sims) as (hung, exp):
@@ -454,6 +455,7 @@ def test_a_reload_during_a_login_leaves_no_session_open(fleet: Running, targets:
     assert lab.counts[LOGIN] == lab.counts[LOGOUT] == 1
 
 
+@pytest.mark.timing
 def test_many_probes_of_a_hung_target_leave_workers_for_the_others(
         tmp_path: Path, sims: dict[str, Simulator]) -> None:
     with hung_fleet(tmp_path, sims) as (hung, exp):

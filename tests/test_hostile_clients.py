@@ -22,6 +22,9 @@ HEALTHY = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
 # kubelet's default probe timeout: a probe slower than this restarts the pod.
 PROBE_TIMEOUT = 1.0
 
+# Every test here bounds a time: they run on one worker, one after another (conftest.py).
+pytestmark = pytest.mark.timing
+
 
 def app_answering(body: bytes = b"ok\n", delay: float = 0.0) -> Callable[..., list[bytes]]:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:

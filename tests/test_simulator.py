@@ -360,6 +360,7 @@ def test_connection_is_kept_alive_across_requests(simulator: Simulator) -> None:
         conn.close()
 
 
+@pytest.mark.timing
 def test_latency_delays_each_request() -> None:
     with Simulator(SimulatorConfig(integrations=1, errors=1, latency=0.3)) as sim:
         started = time.monotonic()
