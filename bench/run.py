@@ -18,10 +18,12 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -227,7 +229,7 @@ class Sizes:
     repeat: int
     cpu_sizes: tuple[tuple[int, int], tuple[int, int]] = ((40, 200), (200, 5000))
     cpu_scrapes: int = 60
-    fleet_targets: int = 20
+    fleet_targets: tuple[int, ...] = (20, 200)
     fleet_integrations: int = 200
     fleet_errors: int = 1000
     fleet_seconds: float = 60.0
@@ -242,7 +244,7 @@ SMOKE = Sizes(paging_integrations=200, paging_page_size=20, paging_latency=0.01,
               paging_errors=100, big_errors=2000, big_integrations=30,
               big_meta_bytes=500, series_integrations=300, series_errors=1000,
               idle_scrapes=20, repeat=1, cpu_sizes=((10, 50), (40, 400)), cpu_scrapes=20,
-              fleet_targets=3, fleet_integrations=20, fleet_errors=50, fleet_seconds=1.0,
+              fleet_targets=(3,), fleet_integrations=20, fleet_errors=50, fleet_seconds=1.0,
               fleet_interval=0.5)
 
 
@@ -389,44 +391,88 @@ def idle(sizes: Sizes) -> list[Row]:
                 f"{growth:+.1f} MiB", "within 10 MB", abs(growth) * MB <= 10e6)]
 
 
+def threads_of(pid: int) -> int:
+    found = re.search(r"Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+    return int(found.group(1)) if found else 0
+
+
+class ThreadPeak:
+    """The most threads a process had, sampled every 20 ms while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, threads_of(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, threads_of(self.pid))
+
+    def __enter__(self) -> ThreadPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def fleet(sizes: Sizes) -> list[Row]:
     """Several Polarity servers from one exporter (--config.file): every target probed at once,
     every few seconds, as Prometheus scrapes a /probe job; against one exporter per server
-    (the single-target CPU per scrape at the same size, measured in the same run)."""
-    n, m, count = sizes.fleet_integrations, sizes.fleet_errors, sizes.fleet_targets
-    scenario = (f"{count} targets of {n} integrations and {m:,} error records, all probed at "
-                f"once every {sizes.fleet_interval:g} s for {sizes.fleet_seconds:g} s")
+    (the single-target CPU per scrape at the same size, measured in the same run). Targets
+    share simulators (at most FLEET_SIMULATORS of them), each target its own session."""
+    n, m = sizes.fleet_integrations, sizes.fleet_errors
+    rows: list[Row] = []
     with contextlib.ExitStack() as stack:
-        urls = [stack.enter_context(simulator(n, m)) for _ in range(count)]
+        urls = [stack.enter_context(simulator(n, m))
+                for _ in range(min(FLEET_SIMULATORS, max(sizes.fleet_targets)))]
         single = stack.enter_context(exporter(urls[0]))
         single.scrape().check_complete()
         # The mean, not the median: CPU time moves in clock ticks (10 ms), longer than a small
         # scrape, so a single scrape often measures 0.
         scrapes = max(20, sizes.repeat * 5)
-        single_cpu = sum(single.scrape().cpu for _ in range(scrapes)) / scrapes
-        directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        config = directory / "targets.yml"
-        config.write_text(json.dumps({"targets": {  # JSON is YAML
-            f"t{i:02d}": {"url": url, "username": USERNAME, "password": PASSWORD}
-            for i, url in enumerate(urls)}}))
-        port = free_port()
-        server = stack.enter_context(serving(
-            [sys.executable, "-m", "polarity_exporter", f"--config.file={config}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], port, "/-/ready"))
-        names = [f"t{i:02d}" for i in range(count)]
-        with ThreadPoolExecutor(count) as pool:
+        with ThreadPeak(single.pid) as single_threads:
+            single_cpu = sum(single.scrape().cpu for _ in range(scrapes)) / scrapes
+        rows.append(Row(f"1 target of {n} integrations and {m:,} error records (--polarity.url)",
+                        "exporter threads, peak while scraping", f"{single_threads.peak}",
+                        "—", "—", "≤ 64", single_threads.peak <= THREAD_CEILING))
+        for count in sizes.fleet_targets:
+            rows += _fleet(stack, sizes, count, urls, single_cpu)
+    return rows
+
+
+FLEET_SIMULATORS = 20
+THREAD_CEILING = 64
+
+
+def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, urls: list[str],
+           single_cpu: float) -> list[Row]:
+    n, m = sizes.fleet_integrations, sizes.fleet_errors
+    scenario = (f"{count} targets of {n} integrations and {m:,} error records, all probed at "
+                f"once every {sizes.fleet_interval:g} s for {sizes.fleet_seconds:g} s")
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    config = directory / "targets.yml"
+    config.write_text(json.dumps({"targets": {  # JSON is YAML
+        f"t{i:03d}": {"url": urls[i % len(urls)], "username": USERNAME, "password": PASSWORD}
+        for i in range(count)}}))
+    port = free_port()
+    with serving([sys.executable, "-m", "polarity_exporter", f"--config.file={config}",
+                  f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], port,
+                 "/-/ready") as server:
+        names = [f"t{i:03d}" for i in range(count)]
+        with ThreadPoolExecutor(count) as pool, ThreadPeak(server.pid) as threads:
             list(pool.map(lambda name: server.probe(name), names))  # logins
             walls: list[float] = []
             failed = 0
             cpu = cpu_seconds(server.pid)
             started = time.monotonic()
-            rounds = 0
             while time.monotonic() - started < sizes.fleet_seconds:
                 round_start = time.monotonic()
                 for wall, up in pool.map(lambda name: server.probe(name), names):
                     walls.append(wall)
                     failed += not up
-                rounds += 1
                 time.sleep(max(0.0, sizes.fleet_interval - (time.monotonic() - round_start)))
             cpu = cpu_seconds(server.pid) - cpu
         peak = memory_mb(server.pid, "VmHWM")
@@ -442,6 +488,8 @@ def fleet(sizes: Sizes) -> list[Row]:
             f"{per_probe / max(single_cpu, 1e-9):.2f}x", "—", None),
         Row(scenario, "exporter peak RSS (VmHWM), all targets", f"{peak:.1f} MiB", "—",
             f"{peak / count:.1f} MiB per target", "—", None),
+        Row(scenario, "exporter threads, peak while probing", f"{threads.peak}", "—", "—",
+            f"≤ {THREAD_CEILING}", threads.peak <= THREAD_CEILING),
     ]
 
 

@@ -50,6 +50,8 @@ def test_every_target_has_a_measured_row(bench: tuple[str, list[dict[str, Any]]]
     fleet = [row for row in rows if row["measure"].startswith("probes inside their deadline")]
     assert len(fleet) == 1 and fleet[0]["target"] == "all"
     assert fleet[0]["met"] is True  # every probe of the smoke fleet answered polarity_up 1
+    threads = [row for row in rows if row["measure"].startswith("exporter threads")]
+    assert len(threads) == 2 and all(row["met"] is True for row in threads)  # 1 and 3 targets
 
 
 def test_rows_carry_positive_measurements(bench: tuple[str, list[dict[str, Any]]]) -> None:
