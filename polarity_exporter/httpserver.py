@@ -238,7 +238,10 @@ class BoundedServer:
             if conn.state != READING:
                 return
             if budget <= 0:
-                self._again.append(conn)  # the others get a turn first
+                # The others get a turn first; and nothing more is read from this client until
+                # what it sent is answered, or its pipelined requests would pile up unbounded.
+                self._watch(conn, 0)
+                self._again.append(conn)
                 return
             try:
                 event = conn.http.next_event()

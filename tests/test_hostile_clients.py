@@ -5,6 +5,7 @@ own constants, or from limits the test sets low, with at least 0.5 s of margin."
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -223,3 +224,33 @@ def test_20_7_a_partial_pipelined_head_gets_the_head_deadline_not_the_idle_one()
         answer, after = read_until_closed(sock, idle_timeout)
     assert answer.count(b"HTTP/1.1 200") == 1
     assert after < header_timeout + 1.5
+
+
+def test_20_2_a_client_pipelining_faster_than_it_is_answered_is_not_read_ahead() -> None:
+    """What a pipelining client sends is read only as fast as it is answered: the server's
+    buffer for it stays near one read, however much the client sends while reading answers."""
+    server = BoundedServer(app_answering(), listen("127.0.0.1", 0), inline_paths=PROBES)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    stop = threading.Event()
+    buffered: list[int] = []
+    try:
+        with connect(server.server_port) as sock:
+            def drain() -> None:  # the client reads its answers as fast as it can
+                with contextlib.suppress(OSError):
+                    while not stop.is_set() and sock.recv(1 << 20):
+                        pass
+            reader = threading.Thread(target=drain, daemon=True)
+            reader.start()
+            burst = HEALTHY * 2000
+            started = time.monotonic()
+            while time.monotonic() - started < 2.0:
+                sock.sendall(burst)
+                buffered.append(max((len(c.http.trailing_data[0])
+                                     for c in list(server._connections)), default=0))
+            stop.set()
+    finally:
+        server.shutdown(0.5)
+        loop.join(5)
+    # One read (64 KiB) and a head at the most; read ahead, it grows by a read every turn.
+    assert max(buffered) <= 65536 + httpserver.MAX_HEAD_BYTES
