@@ -19,6 +19,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -110,8 +111,10 @@ class PolarityClient:
         self.base_url = config.url
         self.transport = Transport(config)
         self.auth = Authenticator(self.transport, config.credentials)
-        # Pages read at once, of this server: the threads are shared by all servers (pools.py).
-        self._pages = threading.BoundedSemaphore(config.max_concurrency)
+        # Pages read at once, of this server: the threads are shared by all servers (pools.py),
+        # and one server may hold at most half of them, hung or not.
+        self._pages = threading.BoundedSemaphore(min(config.max_concurrency,
+                                                     pools.MAX_PAGES_PER_SERVER))
         # Bodies are read concurrently but decoded one at a time (pages, and the errors body
         # when it is decoded whole): decoding is CPU-bound anyway (one GIL), and this bounds the
         # memory of decoded bodies to one body's.
@@ -210,7 +213,8 @@ class PolarityClient:
 
     def list_integrations(self, deadline: Deadline, parse: Callable[[list[Any]], list[T]],
                           key: Callable[[T], Any]) -> Listing[T]:
-        """Every integration, following pages; pages after the first are fetched concurrently.
+        """Every integration, following pages; pages after the first are fetched concurrently,
+        on the shared page threads.
 
         `parse` turns one page's items into records as the page arrives (no raw page is kept);
         `key` gives a record's id, by which duplicates across pages are dropped.
@@ -232,7 +236,8 @@ class PolarityClient:
         try:
             for number in range(2, pages + 1):
                 futures.append(self._submit_page(number, deadline, parse))
-            results = [first] + [future.result() for future in futures]
+            results = [first] + [_page_result(number, future, deadline)
+                                 for number, future in enumerate(futures, start=2)]
         finally:
             for future in futures:
                 future.cancel()
@@ -248,7 +253,7 @@ class PolarityClient:
                                    f"{deadline.seconds:.2f}s exceeded (waiting for a page to "
                                    "finish)")
         try:
-            future = pools.bodies.submit(self._get_page, number, deadline, parse)
+            future = pools.pages.submit(self._get_page, number, deadline, parse)
         except BaseException:
             self._pages.release()
             raise
@@ -281,6 +286,17 @@ class PolarityClient:
                 items = _records(decode_json(head, ERRORS)) if records is None else []
             del head
             yield from parse_errors(items, problems) if records is None else records
+
+
+def _page_result(number: int, future: Future[_Page[T]], deadline: Deadline) -> _Page[T]:
+    """A page read on a shared thread, waited for no longer than the deadline (a page queued
+    behind another server's would otherwise hold this fetch past it)."""
+    try:
+        return future.result(timeout=max(0.0, deadline.remaining()))
+    except FutureTimeout:
+        future.cancel()
+        raise DeadlineExceeded(f"page {number} of {INTEGRATIONS}: scrape deadline of "
+                               f"{deadline.seconds:.2f}s exceeded") from None
 
 
 def _records(body: Any) -> list[Any]:

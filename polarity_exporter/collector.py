@@ -95,8 +95,8 @@ class PolarityCollector:
         result.authenticated = self._part("cannot authenticate with Polarity", result,
                                           self._client.authenticate, deadline) is not None
         if result.authenticated:
-            # The errors download runs beside the integrations listing, not after it.
-            errors = pools.bodies.submit(self._part, "cannot read integration errors", result,
+            # The errors download runs beside the listing, on a thread kept for it (pools.py).
+            errors = pools.errors.submit(self._part, "cannot read integration errors", result,
                                          self._fetch_errors, deadline, result.problems["errors"])
             self._part("cannot list integrations", result, self._fetch_integrations, deadline,
                        result)

@@ -105,6 +105,9 @@ class Setting:
         return self.check(value)
 
 
+# The keys of a target in the targets file: text, a switch, and the numbers above.
+TARGET_STRINGS = ("url", "username", "username_file", "password", "password_file", "api_key",
+                  "api_key_file", "ca_file")
 SETTINGS = (
     Setting("timeout", float, 0.1, MAX_TIMEOUT,
             "Seconds: connect and read timeout, and the scrape deadline when Prometheus sends no "
@@ -215,14 +218,29 @@ def check_regular_file(path: str, limit: int, named: str) -> None:
 def read_secret_file(path: str, named: str) -> str:
     """A secret file's content (a regular file of at most MAX_SECRET_BYTES, UTF-8), without
     the trailing newline editors add. `named` says which file: the targets file's messages
-    never name the path, as a password pasted where its file's path belongs would show."""
-    check_regular_file(path, MAX_SECRET_BYTES, named)
+    never name the path, as a password pasted where its file's path belongs would show.
+
+    Opened without blocking and checked on the open file: a FIFO swapped in after a check of
+    the path would otherwise block the (re)load in open() for good."""
     try:
-        with open(path, "rb") as handle:
-            value = handle.read(MAX_SECRET_BYTES + 1).decode("utf-8").rstrip("\r\n")
-    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "invalid path"
         raise ConfigError(f"cannot read {named}: {reason}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories
+            raise ConfigError(f"{named} is not a regular file")
+        data = os.read(fd, MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {named}: {exc.strerror or 'read error'}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_BYTES:  # st_size can lie (/proc files say 0)
+        raise ConfigError(f"{named} is larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        value = data.decode("utf-8").rstrip("\r\n")
+    except ValueError:
+        raise ConfigError(f"cannot read {named}: not UTF-8 text") from None
     if not value:
         raise ConfigError(f"{named} is empty")
     return value
@@ -267,3 +285,6 @@ def choose_credentials(
             f"no password for user {username!r}: set --polarity.password-file or POLARITY_PASSWORD"
         )
     return Password(username, password)
+
+
+TARGET_KEYS = (*TARGET_STRINGS, "insecure_skip_verify", *(setting.key for setting in SETTINGS))

@@ -56,7 +56,7 @@ IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next req
 WRITE_TIMEOUT = 60.0  # seconds to write one answer, whole, from its first byte
 MAX_CONNECTIONS = 512
 ACCEPT_BATCH = 16  # connections accepted per turn of the loop
-WORKERS = 32  # threads running requests: scrapes share one fetch, but each waits in one
+WORKERS = 24  # threads running requests: scrapes share one fetch, but each waits in one
 # Pipelined requests answered on the loop for one connection before the others get a turn (a
 # client that does not read its answers is not read from until it does).
 PIPELINE_BATCH = 64

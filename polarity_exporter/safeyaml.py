@@ -13,13 +13,14 @@ import os
 import re
 import stat
 from collections.abc import Callable
+from difflib import get_close_matches
 from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from polarity_exporter.config import ConfigError
+from polarity_exporter.config import SETTINGS, TARGET_KEYS, ConfigError
 
 MAX_FILE_BYTES = 1 << 20
 # The file is three levels deep (targets, target, key); anything far deeper is hostile.
@@ -30,6 +31,9 @@ _KEY_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # password that starts with "!" is read as a tag, and a message naming the tag would show it.
 _TAGS = {f"tag:yaml.org,2002:{name}" for name in
          ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")}
+_NUMBER_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_STR_TAG = "tag:yaml.org,2002:str"
+NUMBER_KEYS = frozenset(setting.key for setting in SETTINGS)
 # Quoted parts of PyYAML's messages: an alias, anchor, tag or character taken from the text.
 _QUOTED = re.compile(r""" ?(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
@@ -148,6 +152,11 @@ def _check_nodes(loader: SafeConstructor, node: Node, path: tuple[str, ...],
     if len(path) > MAX_DEPTH:
         raise _at(node, path, f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(node, ScalarNode):
+        if node.tag in _NUMBER_TAGS and len(path) == 3 and path[0] == "targets" \
+                and path[2] in NUMBER_KEYS:
+            # A per-server number is read from its text by the flags' schema (config.SETTINGS),
+            # not by YAML 1.1, which reads 020 as 16 and 1:30 as 90.
+            node.tag = _STR_TAG
         # Constructed now (PyYAML keeps the result for construct_document) so that a value
         # that cannot be read is reported with its target and key.
         try:
@@ -198,15 +207,23 @@ def _where(path: tuple[str, ...]) -> str:
         path = path[:path.index("[]")]
     if len(path) >= 2 and path[0] == "targets":
         target = f"target {shown(path[1])}"
-        return f"{target}: key {shown(path[2])}" if len(path) >= 3 else target
-    return f"key {shown(path[0])}" if path else "top level"
+        return f"{target}: key {shown_key(path[2], TARGET_KEYS)}" if len(path) >= 3 else target
+    return f"key {shown_key(path[0], ('targets',))}" if path else "top level"
 
 
 def shown(text: str) -> str:
-    """A key or target name for a message, quoted, when it looks like one; else "(not shown)":
+    """A target name for a message, quoted, when it looks like one; else "(not shown)":
     "password:s3cret:" (no space after the colon) is one YAML key that holds a password, and
-    a mis-indented line can make it a target name or a top-level key."""
+    a mis-indented line can make it a target name."""
     return quote(text) if _KEY_LIKE.fullmatch(text) else "(not shown)"
+
+
+def shown_key(text: str, known: tuple[str, ...]) -> str:
+    """A key for a message: shown only when it is one of `known` or close to one (a typo);
+    anything else may be a secret that a misplaced line made a key (`4f8b2c1d9e7a:`)."""
+    if get_close_matches(text[:100].lower(), known, n=1):
+        return shown(text)
+    return "(not shown)"
 
 
 def as_text(value: object) -> str:

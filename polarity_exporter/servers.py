@@ -23,6 +23,7 @@ logs out: the probe waiting for it gets its answer, and no session is left open.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import threading
@@ -87,13 +88,18 @@ class Server:
         self.shared.close()
         self.client.close()
 
-    def retire(self) -> None:
+    def retire(self, logged_out: Callable[[], None]) -> None:
         """Start no more fetches; log out once the fetch in flight has ended (at its own
-        deadline), so that the scrapes waiting for it get its answer. Never blocks."""
+        deadline), so that the scrapes waiting for it get its answer, then call `logged_out`.
+        Never blocks."""
         self.retired.set()
 
+        def close() -> None:
+            self.client.close()
+            logged_out()
+
         def log_out() -> None:  # on a fetch thread: the reload must not wait for a logout
-            pools.fetches.submit(self.client.close)
+            pools.fetches.submit(close)
 
         self.shared.close(then=log_out)
 
@@ -129,6 +135,7 @@ class Fleet:
         self._targets: dict[str, _Target] = {}
         self._state = _ReloadState(last_success=clock())
         self._closed = False
+        self._retiring: set[Server] = set()  # retired, not yet logged out
 
     # --- targets --------------------------------------------------------------------------
 
@@ -185,12 +192,18 @@ class Fleet:
             removed = [name for name in current if name not in configs]
             retired += [current[name].server for name in removed]
             self._targets = targets  # counters of removed targets go with them
+            # Until their logout (queued behind fetches in flight), shutdown logs them out.
+            self._retiring.update(retired)
             self._state.successful = True
             self._state.last_success = self._clock()
         log.info("targets loaded", extra={"targets": len(configs), "new_or_changed": changed,
                                           "removed": len(removed)})
         for server in retired:
-            server.retire()
+            server.retire(functools.partial(self._logged_out, server))
+
+    def _logged_out(self, server: Server) -> None:
+        with self._lock:
+            self._retiring.discard(server)
 
     # --- probes -------------------------------------------------------------------------
 
@@ -248,11 +261,13 @@ class Fleet:
         return [reloaded, when, probes, failures]
 
     def close(self) -> None:
-        """Log out of every target, in parallel, for at most SHUTDOWN_LOGOUT_SECONDS."""
+        """Log out of every target, and of every retired server whose logout has not run yet,
+        in parallel, for at most SHUTDOWN_LOGOUT_SECONDS."""
         with self._lock:
             self._closed = True
             servers = [target.server for target in self._targets.values()]
-            self._targets = {}
+            servers += self._retiring  # a second logout of one is a no-op
+            self._targets, self._retiring = {}, set()
         if not servers:
             return
         # Threads of their own: the shared fetch threads may all be held by hung fetches.

@@ -28,6 +28,8 @@ from typing import Any
 
 from polarity_exporter.config import (
     SETTINGS,
+    TARGET_KEYS,
+    TARGET_STRINGS,
     ConfigError,
     Credentials,
     PolarityConfig,
@@ -45,6 +47,7 @@ from polarity_exporter.safeyaml import (
     quote,
     read_config,
     shown,
+    shown_key,
 )
 
 __all__ = ["KEYS", "LOADERS", "MAX_FILE_BYTES", "MAX_TARGETS", "load_targets", "parse_targets",
@@ -59,10 +62,9 @@ MAX_TARGETS = 1000
 # Reads a secret file: (path, a label for messages) -> the secret without its trailing newline.
 ReadSecret = Callable[[str, str], str]
 
-_STRINGS = ("url", "username", "username_file", "password", "password_file", "api_key",
-            "api_key_file", "ca_file")
+_STRINGS = TARGET_STRINGS
 _NUMBERS = {setting.key: setting for setting in SETTINGS}  # config.py: the flags' schema too
-KEYS = (*_STRINGS, "insecure_skip_verify", *_NUMBERS)
+KEYS = TARGET_KEYS
 # A secret is given inline or in a file, never both.
 _SECRETS = (("api_key", "api_key_file"), ("username", "username_file"),
             ("password", "password_file"))
@@ -112,7 +114,8 @@ def _targets(document: object, read_secret: ReadSecret,
         raise ConfigError("must be a mapping with the key \"targets\"")
     for key in document:
         if key != "targets":
-            raise ConfigError(f"key {shown(as_text(key))}: unknown key; the file has only "
+            raise ConfigError(f"key {shown_key(as_text(key), ('targets',))}: unknown key; the "
+                              "file has only "
                               "\"targets\"")
     targets = document.get("targets")
     if not isinstance(targets, dict) or not targets:
@@ -148,7 +151,7 @@ def _target(body: object, read_secret: ReadSecret, base_dir: str | None) -> Pola
         if key not in KEYS:
             # Echoed only when it looks like a key: "password:s3cret:" (no space after the
             # colon) is one YAML key that holds a password.
-            raise ConfigError(f"key {shown(as_text(key))}: unknown key{_suggest(key)}")
+            raise ConfigError(f"key {shown_key(as_text(key), KEYS)}: unknown key{_suggest(key)}")
     # A key set to null counts as not given, as YAML writes a blank value.
     values = {key: value for key, value in body.items() if value is not None}
     for key in _STRINGS:
@@ -264,9 +267,12 @@ def _boolean(values: dict[Any, Any], key: str) -> bool:
 
 
 def _number(values: dict[Any, Any], key: str) -> Any:
+    """A per-server number: from its text as the flag reads it (a YAML number arrives as its
+    text, safeyaml.py), or as given by a document built in code."""
     setting = _NUMBERS[key]
+    value = values.get(key, setting.default)
     try:
-        return setting.check(values.get(key, setting.default))
+        return setting.parse(value) if isinstance(value, str) else setting.check(value)
     except ConfigError as exc:
         raise _key_error(key, str(exc)) from None
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 
 from polarity_exporter.exposition import choose
 from polarity_exporter.httpserver import BoundedServer, listen
-from polarity_exporter.wsgi import one_line_error
+from polarity_exporter.wsgi import RECEIVED, one_line_error
 
 if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
     from polarity_exporter.servers import Fleet, Reloader
@@ -116,7 +116,8 @@ class ExporterApp:
     def scrape_timeout(self, environ: dict[str, Any], ceiling: float | None = None) -> float:
         """Prometheus' scrape timeout less the offset, within [MIN_TIMEOUT, the server's
         --polarity.timeout]; --polarity.timeout without the header. Any header value gives a
-        usable deadline."""
+        usable deadline. The time the request waited for a worker is taken off: the deadline
+        started when the request arrived (down to MIN_TIMEOUT still)."""
         ceiling = self._default_timeout if ceiling is None else ceiling
         header = environ.get(TIMEOUT_HEADER)
         value = ceiling
@@ -129,7 +130,8 @@ class ExporterApp:
                 log.debug("ignoring bad scrape timeout header", extra={"value": header[:32]})
             else:
                 value = min(ceiling, max(MIN_TIMEOUT, announced))
-        return value
+        queued = time.monotonic() - environ.get(RECEIVED, math.inf)
+        return max(MIN_TIMEOUT, value - queued) if queued > 0 else value
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable
 from io import BytesIO
 from typing import Any
@@ -16,6 +17,9 @@ log = logging.getLogger("polarity_exporter.httpserver")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Answer = tuple[int, list[tuple[str, str]], list[bytes]]  # status, headers, body
+# The environ key holding when a request was complete (monotonic): time it spent queued for a
+# worker counts against its scrape's deadline.
+RECEIVED = "polarity_exporter.received"
 _FAILED = b"request failed\n"
 
 
@@ -30,7 +34,7 @@ def environ_for(request: h11.Request, address: str, port: int, tls: bool) -> dic
         "CONTENT_LENGTH": "0", "CONTENT_TYPE": "", "wsgi.version": (1, 0),
         "wsgi.url_scheme": "https" if tls else "http", "wsgi.input": BytesIO(),
         "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
+        "wsgi.run_once": False, RECEIVED: time.monotonic(),
     }
     for name, value in request.headers:  # h11 gives names lowercased
         key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")

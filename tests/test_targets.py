@@ -20,7 +20,15 @@ import yaml
 from conftest import REPO
 
 from polarity_exporter import targets
-from polarity_exporter.config import MAX_SECRET_BYTES, ApiKey, ConfigError, Password, PolarityConfig
+from polarity_exporter.config import (
+    MAX_SECRET_BYTES,
+    SETTINGS,
+    ApiKey,
+    ConfigError,
+    Password,
+    PolarityConfig,
+    Setting,
+)
 from polarity_exporter.targets import (
     KEYS,
     LOADERS,
@@ -227,8 +235,12 @@ def test_each_yaml_loader_reads_the_same_targets(loader: Callable[[str], Any]) -
                                        "a": {"url": URL, "username": "u",
                                              "password": SECRET_PASSWORD}}}, sort_keys=False)
     document = parse_yaml(text, "test", loader)
-    assert document == yaml.safe_load(text)
-    assert list(parse_targets(document, "test")) == ["b", "a"]
+    # As PyYAML reads it, but a per-server number as its text (read by the flags' schema).
+    assert document == {"targets": {"b": {**BASE, "timeout": "2"},
+                                    "a": {"url": URL, "username": "u",
+                                          "password": SECRET_PASSWORD}}}
+    targets = parse_targets(document, "test")
+    assert list(targets) == ["b", "a"] and targets["b"].timeout == 2.0
 
 
 # --- invalid files: a generated matrix -----------------------------------------------------------
@@ -252,9 +264,9 @@ def one(body: object, name: object = "lab") -> dict[str, Any]:
 WRONG_VALUES: dict[str, list[object]] = {
     **{key: [123, True, 1.5, ["x"], {"a": "b"}, ""] for key in STRING_KEYS},
     "insecure_skip_verify": ["true", "no", 1, 0, ["x"]],
-    "timeout": ["10", True, 0, 0.05, -1, math.nan, math.inf, -math.inf, 10**400, [1]],
-    "page_size": [0, 10001, -1, 1.5, 200.0, True, "200", 10**400],
-    "max_concurrency": [0, 65, 10.0, False, "10"],
+    "timeout": ["ten", True, 0, 0.05, -1, math.nan, math.inf, -math.inf, 10**400, [1], 301],
+    "page_size": [0, 10001, -1, 1.5, 200.0, True, "0x10", "1:30", 10**400],
+    "max_concurrency": [0, 65, 10.0, False, "1e1"],
 }
 BAD_URLS = ["polarity.example.com", "ftp://polarity.example.com", "https://",
             f"https://user:{SECRET_PASSWORD}@polarity.example.com",
@@ -291,6 +303,7 @@ BAD_FILES = ["missing.txt", "a-directory", "empty.txt", "newline.txt", "big.txt"
 BAD_CA_FILES = ["missing.pem", "a-directory", "empty.txt", "not-pem.pem", "big.txt",
                 "/dev/zero"]
 UNKNOWN_KEYS = ["tiemout", "URL", "api-key-file", "password_files", "headers", "scheme"]
+UNKNOWN_FAR_KEYS = {"headers", "scheme"}
 BAD_NAMES: list[object] = ["http://polarity.example.com", "a/b", "a:b", "-a", "_a", ".a",
                            "a" * 64, "pr\u00f8d", "a b", "", "a\nb", 1, True, 1.5, None]
 
@@ -305,10 +318,12 @@ def matrix() -> list[Any]:
         for value in values:
             base = {k: v for k, v in BASE.items() if not (key == "api_key_file" and k == "api_key")}
             add(f"{key}={value!r}"[:50], Case(one({**base, key: value}), "lab", key))
-    for key in UNKNOWN_KEYS:
-        add(f"unknown-{key}", Case(one({**BASE, key: 1}), "lab", key))
+    for key in UNKNOWN_KEYS:  # named when close to a key (a typo), else "(not shown)"
+        close = key not in UNKNOWN_FAR_KEYS
+        add(f"unknown-{key}", Case(one({**BASE, key: 1}), "lab", key if close else None,
+                                   "unknown key" if close else "key (not shown): unknown key"))
     int_key: dict[Any, Any] = {**BASE, 7: 1}
-    add("unknown-int-key", Case(one(int_key), "lab", "7"))
+    add("unknown-int-key", Case(one(int_key), "lab", None, "key (not shown): unknown key"))
     add("missing-url", Case(one({"api_key": SECRET_KEY}), "lab", "url"))
     add("null-url", Case(one({"url": None, "api_key": SECRET_KEY}), "lab", "url"))
     for url in BAD_URLS:
@@ -385,7 +400,9 @@ def matrix() -> list[Any]:
                               None, None))
     add("two-documents", Case(f"targets: {{lab: {{url: '{URL}', api_key: k}}}}\n---\n{{}}\n",
                               None, None))
-    add("unknown-top-key", Case({"targets": {"ok": BASE}, "global": {}}, None, "global"))
+    add("unknown-top-key", Case({"targets": {"ok": BASE}, "global": {}}, None, None,
+                                "key (not shown): unknown key"))
+    add("unknown-top-key-typo", Case({"targets": {"ok": BASE}, "target": {}}, None, "target"))
     document: object
     for document in ("", "# only a comment\n", "targets:\n", {"targets": {}},
                      {"targets": [BASE]}, {"targets": "lab"}, [BASE], "just text\n"):
@@ -540,3 +557,68 @@ def test_a_password_written_as_a_key_anywhere_is_not_repeated(tmp_path: Path, te
         load_targets(str(path))
     assert SECRET_PASSWORD not in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+# One schema (issue 19): a per-server number written in the targets file is read from its text
+# exactly as the flag reads the same text, never by YAML 1.1's rules (020 is 16 there, 1:30 is
+# 90, 0x10 is 16).
+NUMBER_TEXTS = ["020", "010", "0x10", "0b11", "1:30", "3:20", "1e2", "1.5e1", "1_000", "+10",
+                "100.0", "300.0000001", ".inf", ".nan", "nan", "12", "007"]
+
+
+@pytest.mark.parametrize("loader", LOADERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.key)
+@pytest.mark.parametrize("text", NUMBER_TEXTS)
+def test_a_number_in_the_targets_file_reads_as_the_same_text_as_a_flag(
+        loader: Callable[[str], Any], setting: Setting, text: str) -> None:
+    try:
+        expected: object = setting.parse(text)
+    except ConfigError as exc:
+        expected = str(exc)
+    document = parse_yaml(f"targets:\n  lab:\n    url: {URL}\n    api_key: k\n"
+                          f"    {setting.key}: {text}\n", "t.yml", loader)
+    try:
+        got: object = getattr(parse_targets(document, "t.yml")["lab"], setting.key)
+    except ConfigError as exc:
+        got = str(exc).rsplit(": ", 1)[-1]
+    assert got == expected
+
+
+# A secret a misplaced line turned into a key (the value of `api_key:` on the next line, ending
+# in ":", or dedented): an unknown key is named only when it is close to a known one.
+@pytest.mark.parametrize("text", [
+    f"targets:\n  lab:\n    url: {URL}\n    api_key:\n    {SECRET_KEY}:\n",
+    f"targets:\n  lab:\n    url: {URL}\n    api_key: k\n{SECRET_KEY}:\n",
+    f"targets:\n  lab:\n    url: {URL}\n    password:\n    Summer2024:\n    username: u\n",
+])
+def test_a_secret_that_became_a_key_is_never_named(config_dir: Path, text: str) -> None:
+    message = failure(config_dir, text)
+    assert "(not shown)" in message
+    assert SECRET_KEY not in message and "Summer2024" not in message
+
+
+def test_a_fifo_swapped_in_after_the_check_does_not_block_a_reload(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secret file is checked on the open file, not by its path: a FIFO that replaced the
+    file between a look at the path and the open would block open() for good."""
+    import os
+    import threading
+
+    from polarity_exporter import config
+
+    fifo = tmp_path / "password"
+    os.mkfifo(fifo)
+    regular = os.stat(__file__)
+    monkeypatch.setattr(config.os, "stat", lambda *_args, **_kwargs: regular)  # the race
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            config.read_secret_file(str(fifo), "the file")
+        except ConfigError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    assert outcome == ["the file is not a regular file"]

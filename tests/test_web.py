@@ -13,6 +13,7 @@ from reference import labels, parse, scrape
 
 from polarity_exporter import __version__
 from polarity_exporter.simulator import Simulator, SimulatorConfig
+from polarity_exporter.web import MIN_TIMEOUT
 
 
 @pytest.fixture
@@ -141,10 +142,28 @@ def test_sigterm_finishes_an_inflight_scrape(start_exporter: Any) -> None:
 def test_scrape_timeout_metric_is_the_header_less_the_offset(exporter: ExporterProcess) -> None:
     response = requests.get(exporter.url + "/metrics", timeout=30,
                             headers={"X-Prometheus-Scrape-Timeout-Seconds": "7"})
-    # 7 s less the 0.5 s offset, less the 1 s kept to encode the answer
-    assert parse(response.text)["polarity_scrape_timeout_seconds"][labels()] == 5.5
+    # 7 s less the 0.5 s offset, less the 1 s kept to encode the answer, less the moment the
+    # request waited for a worker
+    timeout = parse(response.text)["polarity_scrape_timeout_seconds"][labels()]
+    assert 5.4 < timeout <= 5.5
 
 
 def test_scrape_timeout_metric_falls_back_to_the_flag(exporter: ExporterProcess) -> None:
-    # --polarity.timeout (10 s) less the 1 s kept to encode the answer
-    assert scrape(exporter.url + "/metrics")["polarity_scrape_timeout_seconds"][labels()] == 9
+    # --polarity.timeout (10 s) less the 1 s kept to encode the answer (and the moment the
+    # request waited for a worker)
+    timeout = scrape(exporter.url + "/metrics")["polarity_scrape_timeout_seconds"][labels()]
+    assert 8.9 < timeout <= 9
+
+
+def test_time_queued_for_a_worker_counts_against_the_scrape_deadline() -> None:
+    from polarity_exporter.web import ExporterApp, Landing
+    from polarity_exporter.wsgi import RECEIVED
+
+    app = ExporterApp(lambda _timeout: [], telemetry_path="/metrics", default_timeout=10.0,
+                      timeout_offset=0.5, landing=Landing("x", "0", "x"))
+    header = {"HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS": "7"}
+    waited = {**header, RECEIVED: time.monotonic() - 2.0}  # arrived 2 s ago
+    assert app.scrape_timeout(header) == 6.5
+    assert 4.4 < app.scrape_timeout(waited) <= 4.5
+    long_ago = {**header, RECEIVED: time.monotonic() - 60.0}
+    assert app.scrape_timeout(long_ago) == MIN_TIMEOUT  # still a usable deadline
