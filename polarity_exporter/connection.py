@@ -16,6 +16,7 @@ import h11._readers
 from polarity_exporter.wsgi import Answer
 
 MAX_HEAD_BYTES = 16 * 1024
+MAX_HEADER_LINES = 100  # as Apache's LimitRequestFields: h11 parses each line on the loop
 MAX_BODY_BYTES = 64 * 1024  # the exporter takes no request bodies; small ones are discarded
 SEND_BYTES = 256 * 1024  # per send() call
 SEND_BYTES_PER_TURN = 4 * 1024 * 1024  # per connection and turn of the loop
@@ -60,6 +61,7 @@ class Connection:
     events: int = 0  # what the selector watches it for (0: not registered)
     outbox: list[memoryview] = field(default_factory=list)
     request: h11.Request | None = None  # the request being read or answered
+    served: int = 0  # answers written on it: at the cap, the most served is closed first
 
     def __post_init__(self) -> None:
         self.since = time.monotonic()
@@ -75,6 +77,7 @@ class Connection:
         """The answer is written and the connection is kept: wait for the next request."""
         self.http.start_next_cycle()
         self.request = None
+        self.served += 1
         self.since = time.monotonic()
         # Bytes of the next request already here (pipelined): its head is timed from now.
         partial = self.http.trailing_data[0] != b""
@@ -86,12 +89,20 @@ class Connection:
         answer to `Expect: 100-continue`."""
         self.request = request
         headers = dict(request.headers)  # h11 lowercases names and refuses conflicting lengths
-        if b"transfer-encoding" in headers:  # answered now: the body is never read
+        # h11 bounds only a head that is still incomplete; one that arrived whole in a read is
+        # measured here (each line as sent: name, ": ", value, CRLF).
+        size = len(request.method) + len(request.target) + 11 + sum(
+            len(name) + len(value) + 4 for name, value in request.headers)
+        if size > MAX_HEAD_BYTES or len(request.headers) > MAX_HEADER_LINES:
+            self.refuse(431, "request head too large")
+        elif b"transfer-encoding" in headers:  # answered now: the body is never read
             self.refuse(411, "chunked request bodies are not accepted")
         elif int(headers.get(b"content-length", b"0")) > MAX_BODY_BYTES:
             self.refuse(413, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         elif self.http.they_are_waiting_for_100_continue:
-            self.queue([h11.InformationalResponse(status_code=100, headers=[])])
+            # Queued, but the request is still being read: its head deadline stays.
+            self.outbox += [memoryview(chunk) for chunk in self.http.send_with_data_passthrough(
+                h11.InformationalResponse(status_code=100, headers=[])) or () if chunk]
 
     def refuse(self, status: int, text: str) -> None:
         """A plain-text answer after which the connection closes; when the answer has begun

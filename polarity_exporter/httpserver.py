@@ -85,7 +85,7 @@ class BoundedServer:
         self._lock = threading.Lock()  # guards _answered only; never held across I/O
         self._answered: list[tuple[Connection, Answer]] = []  # from workers, for the loop
         self._connections: set[Connection] = set()  # the loop's own: no lock
-        self._again: list[Connection] = []  # pipelined requests left for the next turn
+        self._again: dict[Connection, None] = {}  # pipelined requests left for the next turn
         self._stopping = threading.Event()
         self._cut = threading.Event()
         self._stopped = threading.Event()
@@ -115,7 +115,7 @@ class BoundedServer:
             self._stopped.set()
 
     def _turn(self) -> None:
-        again, self._again = self._again, []
+        again, self._again = self._again, {}
         for key, mask in self._selector.select(0 if again else self._next_timeout()):
             if key.data == "accept":
                 self._accept()
@@ -169,17 +169,20 @@ class BoundedServer:
             self._watch(conn, selectors.EVENT_READ)
 
     def _make_room(self) -> bool:
-        """Below the cap, or made so by closing the connection that has waited longest for a
-        request (then the longest writer); False when every connection is running a request."""
+        """Below the cap, or made so by closing the connection that has been served the most
+        answers, and of those the one waiting longest: idle keep-alive connections before new
+        ones, and a client that keeps its connections busy by pipelining cannot lock new ones
+        out. A request running on the closed connection is dropped (workers never touch
+        sockets). False only when every connection is new and running its first request."""
         if len(self._connections) < self._max_connections:
             return True
-        candidates = [c for c in self._connections if c.state != BUSY]
+        candidates = [c for c in self._connections if c.served or c.state != BUSY]
         if not candidates:
             return False
-        oldest = min(candidates, key=lambda c: (c.state == WRITING, c.since))
-        log.debug("connection limit reached: closing the connection that waited longest",
-                  extra={"client": oldest.address})
-        self._close(oldest)
+        chosen = min(candidates, key=lambda c: (-c.served, c.state == BUSY, c.since))
+        log.debug("connection limit reached: closing the connection served the most",
+                  extra={"client": chosen.address, "served": chosen.served})
+        self._close(chosen)
         return True
 
     def _watch(self, conn: Connection, events: int) -> None:
@@ -241,7 +244,7 @@ class BoundedServer:
                 # The others get a turn first; and nothing more is read from this client until
                 # what it sent is answered, or its pipelined requests would pile up unbounded.
                 self._watch(conn, 0)
-                self._again.append(conn)
+                self._again[conn] = None
                 return
             try:
                 event = conn.http.next_event()

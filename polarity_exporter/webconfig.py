@@ -51,6 +51,7 @@ _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
 # not on every scrape; the key is a SHA-256 of the credential, never the credential itself.
 _CACHE_LIMIT = 1024
 BCRYPT_MAX_BYTES = 72
+BCRYPT_CHECKS_AT_ONCE = 2  # of the HTTP workers, at most this many run bcrypt
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ class BasicAuth:
     users: dict[str, bytes]
     _ok: set[bytes] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # bcrypt costs tens of ms of CPU per check by design: a client sending wrong passwords on
+    # many connections must not hold every HTTP worker, so at most this many checks run at
+    # once; past them a request is refused (401) at once. Credentials already verified are
+    # answered from the cache above, without bcrypt, so Prometheus is not slowed by an attack.
+    _checks: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(BCRYPT_CHECKS_AT_ONCE), repr=False)
     _dummy: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,8 +110,13 @@ class BasicAuth:
         # usernames exist; bcrypt.checkpw compares in constant time. bcrypt reads only the first
         # 72 bytes of a password (bcrypt 5 raises on longer ones): compare those, as Go's
         # exporter-toolkit does, so a long password works and never costs a 500.
-        valid = bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], hashed or self._dummy) \
-            and hashed is not None
+        if not self._checks.acquire(blocking=False):
+            return False
+        try:
+            valid = bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], hashed or self._dummy) \
+                and hashed is not None
+        finally:
+            self._checks.release()
         if valid:
             with self._lock:
                 if len(self._ok) >= _CACHE_LIMIT:

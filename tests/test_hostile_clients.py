@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from polarity_exporter import httpserver
+from polarity_exporter import connection, httpserver
 from polarity_exporter.httpserver import BoundedServer, listen
 
 PROBES = frozenset({"/-/healthy"})
@@ -254,3 +254,79 @@ def test_20_2_a_client_pipelining_faster_than_it_is_answered_is_not_read_ahead()
         loop.join(5)
     # One read (64 KiB) and a head at the most; read ahead, it grows by a read every turn.
     assert max(buffered) <= 65536 + httpserver.MAX_HEAD_BYTES
+
+
+# Found by attacking the rewrite (issue 20's re-attack) --------------------------------------
+
+@pytest.mark.parametrize("body_later", [True, False], ids=["body-after-100", "body-at-once"])
+def test_expect_100_continue_is_answered_and_costs_no_spin(body_later: bool) -> None:
+    with serving() as port, connect(port) as sock:
+        head = (b"GET /metrics HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Content-Length: 5\r\n\r\n")
+        sock.sendall(head if body_later else head + b"hello")
+        if body_later:
+            assert sock.recv(64).startswith(b"HTTP/1.1 100")
+            sock.sendall(b"hello")
+        started = time.process_time()
+        answer = read_answer(sock)
+        assert b"HTTP/1.1 200" in answer
+        assert time.process_time() - started < 0.5  # the loop did not spin meanwhile
+
+
+def test_a_client_pipelining_on_every_connection_cannot_lock_out_a_probe() -> None:
+    cap = 16
+    slow = app_answering(delay=0.2)  # every connection stays busy running a request
+    with serving(slow, max_connections=cap) as port:
+        held = []
+        for _ in range(cap):
+            sock = connect(port)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
+            held.append(sock)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # until each has been answered once: now busy again
+            time.sleep(0.05)
+            if all(sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) for sock in held):
+                break
+        try:
+            assert probe_seconds(port) < PROBE_TIMEOUT
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_a_head_larger_than_the_limit_is_refused_even_when_it_arrives_whole() -> None:
+    lines = b"".join(b"a%d: b\r\n" % n for n in range(5000))  # ~40 KB, all in one write
+    with serving() as port, connect(port) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 431")
+
+
+def test_a_head_of_too_many_lines_is_refused() -> None:
+    lines = b"".join(b"a%d: b\r\n" % n for n in range(connection.MAX_HEADER_LINES + 1))
+    assert len(lines) < httpserver.MAX_HEAD_BYTES
+    with serving() as port, connect(port) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 431")
+
+
+def test_one_pipelining_client_does_not_slow_the_probes() -> None:
+    with serving() as port, connect(port) as sock:
+        stop = threading.Event()
+
+        def drain() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.is_set() and sock.recv(1 << 20):
+                    pass
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        burst = HEALTHY * 2000
+        slowest = 0.0
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 3.0:
+                sock.sendall(burst)
+                slowest = max(slowest, probe_seconds(port))
+        finally:
+            stop.set()
+        assert slowest < PROBE_TIMEOUT
