@@ -1,10 +1,11 @@
 """Polarity servers as the exporter runs them: one `Server` per Polarity server (its client,
 token, collector and shared fetch), and the `Fleet` of named targets behind /probe.
 
-A target's runtime is its own: a hung or slow server holds only its own fetch thread and
-connections, so it never delays another target's probe. Upstream connections are bounded per
-target (at most --polarity.max-concurrency + 2, the client's pool), so in total by the sum over
-the configured targets.
+A target's session, token and connections are its own; its threads come from the shared pools
+(pools.py): a hung or slow server holds one fetch thread until its deadline, so it delays no
+other target's probe while fewer than pools.FETCHES servers hang at once. Upstream connections
+are bounded per target (at most --polarity.max-concurrency + 2, the client's pool), so in total
+by the sum over the configured targets.
 
 Reload (SIGHUP, POST /-/reload) replaces the target set:
 
