@@ -15,8 +15,8 @@ semaphore), and holds at most MAX_PAGES_PER_SERVER page threads. Threads start o
 idle, wait without waking. Every job is held to its scrape's deadline, time spent queued
 included, and a fetch waits for its pages no longer than its deadline. So a server that hangs
 holds one fetch thread and one errors thread until its deadline (more than FETCHES hanging at
-once delay the others' fetches), and at most half the page threads (two hanging with many pages
-delay the others' later pages; servers of one page never wait for a page thread).
+once delay the others' fetches), and at most MAX_PAGES_PER_SERVER page threads (two hanging with
+many pages delay the others' later pages; servers of one page never wait for a page thread).
 
 Threads that are still running when the process exits are not waited for (cli.py ends the
 process once the endpoint and the logouts are done), as a Go exporter's goroutines are not.
@@ -27,8 +27,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 FETCHES = 10
-PAGES = 12
-MAX_PAGES_PER_SERVER = PAGES // 2
+PAGES = 14
+# The default --polarity.max-concurrency fits, and leaves others a few page threads.
+MAX_PAGES_PER_SERVER = 10
 
 fetches = ThreadPoolExecutor(FETCHES, thread_name_prefix="polarity-fetch")
 errors = ThreadPoolExecutor(FETCHES, thread_name_prefix="polarity-errors")
