@@ -83,6 +83,28 @@ def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
     return b"".join(chunks), time.monotonic() - started
 
 
+def pipeline_while_reading(port: int, seconds: float, each_burst: Callable[[], None]) -> None:
+    """A client that pipelines bursts of probes for `seconds` while it reads its answers as
+    fast as it can; `each_burst` runs after each burst is sent."""
+    with connect(port) as sock:
+        stop = threading.Event()
+
+        def drain() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.is_set() and sock.recv(1 << 20):
+                    pass
+
+        threading.Thread(target=drain, daemon=True).start()
+        burst = HEALTHY * 2000
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < seconds:
+                sock.sendall(burst)
+                each_burst()
+        finally:
+            stop.set()
+
+
 def read_answer(sock: socket.socket, body: bytes = b"ok\n") -> bytes:
     """One whole answer of `app_answering(body)` on a kept-alive connection."""
     received = b""
@@ -232,23 +254,10 @@ def test_20_2_a_client_pipelining_faster_than_it_is_answered_is_not_read_ahead()
     server = BoundedServer(app_answering(), listen("127.0.0.1", 0), inline_paths=PROBES)
     loop = threading.Thread(target=server.serve_forever, daemon=True)
     loop.start()
-    stop = threading.Event()
     buffered: list[int] = []
     try:
-        with connect(server.server_port) as sock:
-            def drain() -> None:  # the client reads its answers as fast as it can
-                with contextlib.suppress(OSError):
-                    while not stop.is_set() and sock.recv(1 << 20):
-                        pass
-            reader = threading.Thread(target=drain, daemon=True)
-            reader.start()
-            burst = HEALTHY * 2000
-            started = time.monotonic()
-            while time.monotonic() - started < 2.0:
-                sock.sendall(burst)
-                buffered.append(max((len(c.http.trailing_data[0])
-                                     for c in list(server._connections)), default=0))
-            stop.set()
+        pipeline_while_reading(server.server_port, 2.0, lambda: buffered.append(max(
+            (len(c.http.trailing_data[0]) for c in list(server._connections)), default=0)))
     finally:
         server.shutdown(0.5)
         loop.join(5)
@@ -310,23 +319,8 @@ def test_a_head_of_too_many_lines_is_refused() -> None:
 
 
 def test_one_pipelining_client_does_not_slow_the_probes() -> None:
-    with serving() as port, connect(port) as sock:
-        stop = threading.Event()
-
-        def drain() -> None:
-            with contextlib.suppress(OSError):
-                while not stop.is_set() and sock.recv(1 << 20):
-                    pass
-
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
-        burst = HEALTHY * 2000
-        slowest = 0.0
-        try:
-            started = time.monotonic()
-            while time.monotonic() - started < 3.0:
-                sock.sendall(burst)
-                slowest = max(slowest, probe_seconds(port))
-        finally:
-            stop.set()
-        assert slowest < PROBE_TIMEOUT
+    slowest = [0.0]
+    with serving() as port:
+        pipeline_while_reading(port, 3.0,
+                               lambda: slowest.append(max(slowest.pop(), probe_seconds(port))))
+    assert slowest[0] < PROBE_TIMEOUT

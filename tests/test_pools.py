@@ -27,6 +27,14 @@ THREAD_CEILING = 64
 SCRAPE_TIMEOUT = 10.0
 
 
+def credentials(directory: Path) -> dict[str, str]:
+    """A target's credential keys, the password in a file of its own."""
+    password = directory / "password"
+    password.write_text(SIM_PASSWORD)
+    password.chmod(0o600)
+    return {"username": SIM_USER, "password_file": str(password)}
+
+
 def threads_of(pid: int) -> int:
     found = re.search(r"Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
     assert found
@@ -47,11 +55,9 @@ def test_two_hundred_targets_probed_at_once_are_all_up_within_64_threads(
     for sim in sims:
         sim.start()
     try:
-        password = tmp_path / "password"
-        password.write_text(SIM_PASSWORD)
-        password.chmod(0o600)
-        targets = {f"t{n:03d}": {"url": sims[n % SIMULATORS].url, "username": SIM_USER,
-                                 "password_file": str(password)} for n in range(TARGETS)}
+        creds = credentials(tmp_path)
+        targets = {f"t{n:03d}": {"url": sims[n % SIMULATORS].url, **creds}
+                   for n in range(TARGETS)}
         config = tmp_path / "targets.yml"
         config.write_text(yaml.safe_dump({"targets": targets}))
         exp = start_exporter(f"--config.file={config}")
@@ -110,10 +116,7 @@ def test_targets_whose_later_pages_hang_starve_no_other_target(
     for sim in (*bad, good):
         sim.start()
     try:
-        password = tmp_path / "password"
-        password.write_text(SIM_PASSWORD)
-        password.chmod(0o600)
-        creds = {"username": SIM_USER, "password_file": str(password)}
+        creds = credentials(tmp_path)
         targets = {f"bad{n}": {"url": sim.url, **creds, "page_size": 1, "timeout": hung_timeout,
                                "max_concurrency": pools.PAGES if n == 0 else 10}
                    for n, sim in enumerate(bad)}
@@ -159,10 +162,7 @@ def test_servers_retired_while_every_fetch_thread_is_held_are_logged_out_at_shut
     for sim in (hung, healthy):
         sim.start()
     try:
-        password = tmp_path / "password"
-        password.write_text(SIM_PASSWORD)
-        password.chmod(0o600)
-        creds = {"username": SIM_USER, "password_file": str(password)}
+        creds = credentials(tmp_path)
         bad = {f"bad{n}": {"url": hung.url, **creds, "timeout": 60}
                for n in range(pools.FETCHES + 1)}
         good = {f"ok{n}": {"url": healthy.url, **creds} for n in range(4)}
