@@ -33,7 +33,7 @@ from polarity_exporter.config import (
     normalize_url,
     parse_listen_address,
 )
-from polarity_exporter.exporter import run
+from polarity_exporter.exporter import block_signals, run
 from polarity_exporter.logs import LEVELS, setup_logging
 from polarity_exporter.memory import tune_process
 
@@ -127,6 +127,9 @@ def _settings(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, "--version", prog_name="polarity-exporter")
 def command(**flags: Any) -> None:
     """Prometheus exporter for Polarity integrations: status, errors, affected users."""
+    # Before any thread starts (the demo's simulator is the first): every thread inherits the
+    # mask, and only the main thread takes these signals (exporter.run).
+    block_signals()
     setup_logging(flags["log_level"], flags["log_format"])
     # Process-wide settings belong to the process, so they are made here, at its entry point,
     # not by the modules a library user might import.

@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from types import FrameType
 
 import click
 from prometheus_client import Metric, ProcessCollector
@@ -111,26 +110,23 @@ def build_exporter(config: Config) -> Exporter:
     return Exporter(server, app, polarity, fleet, reloader, "https" if tls else "http")
 
 
+# The signals the exporter acts on: blocked in every thread (block_signals, at the entry point,
+# before any thread starts; threads inherit the mask) and taken by the main thread with sigwait.
+# With handlers instead, a signal the kernel delivered to another thread left the main thread
+# asleep in its wait: a SIGHUP reload then happened only at the next SIGTERM.
+SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def block_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
 def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then finish in-flight scrapes and log out."""
-    # Before anything slow (loading the targets): SIGHUP's default action ends the process,
-    # and without --config.file there is nothing to reload.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    """Serve until SIGTERM or SIGINT, reloading on SIGHUP, then finish in-flight scrapes and
+    log out."""
+    block_signals()  # the entry point did before any thread started; here for other callers
     exporter = build_exporter(config)
     security = config.web.security
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if exporter.reloader is not None:
-        reloader = exporter.reloader
-        # The handler only asks the reload thread: a reload reads files, and must not run
-        # inside a signal handler, which interrupts whatever the main thread does.
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: reloader.request())
     exporter.serve()
     host = config.web.host or "localhost"
     host = f"[{host}]" if ":" in host else host
@@ -141,7 +137,12 @@ def run(config: Config) -> None:
                                  "basic_auth": bool(security and security.basic_auth_users),
                                  "cache_ttl": config.cache_ttl})
     click.echo(f"polarity-exporter {__version__}: metrics at {url}")
-    stop.wait()
+    while (signum := signal.sigwait(SIGNALS)) == signal.SIGHUP:
+        # The reload runs on its own thread: it reads files. Without --config.file there is
+        # nothing to reload, and SIGHUP is ignored.
+        if exporter.reloader is not None:
+            exporter.reloader.request()
+    log.info("shutting down", extra={"signal": signal.Signals(signum).name})
     exporter.close(config.web.shutdown_timeout)
     # Fetches still in flight are not waited for: each would end only at its own deadline (up
     # to --polarity.timeout), past the shutdown timeout Kubernetes grants. The process ends

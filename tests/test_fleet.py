@@ -5,6 +5,7 @@ safely; targets are isolated from each other. Real simulators over HTTP througho
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -592,3 +593,26 @@ def test_20_10_a_closed_server_is_freed_without_the_cyclic_gc(sim: Simulator) ->
         assert ref() is None, [type(r).__name__ for r in gc.get_referrers(ref())]
     finally:
         gc.enable()
+
+
+def test_every_thread_leaves_the_exporters_signals_to_the_main_thread(
+        tmp_path: Path, targets: TargetsFile, sims: dict[str, Simulator]) -> None:
+    """A SIGHUP the kernel delivered to another thread left the main thread asleep: the reload
+    happened only at the next SIGTERM (a flake of test_sighup_reloads_the_config_file). Every
+    thread blocks SIGHUP, SIGINT and SIGTERM; the main thread takes them with sigwait."""
+    launch = ExporterLauncher(tmp_path)
+    exp = launch(f"--config.file={targets.path}", env=PASSWORD_ENV)
+    try:
+        assert requests.get(f"{exp.url}/probe", params={"target": "lab"},
+                            timeout=10).status_code == 200  # the pools' threads exist now
+        tasks = list(Path(f"/proc/{exp.proc.pid}/task").iterdir())
+        assert len(tasks) > 3
+        wanted = sum(1 << (signum - 1) for signum in (signal.SIGHUP, signal.SIGINT,
+                                                     signal.SIGTERM))
+        for task in tasks:
+            if task.name == str(exp.proc.pid):
+                continue  # the main thread: in sigwait, which unblocks the set it waits for
+            blocked = re.search(r"SigBlk:\s+([0-9a-f]+)", (task / "status").read_text())
+            assert blocked and int(blocked.group(1), 16) & wanted == wanted, task.name
+    finally:
+        launch.stop_all()
