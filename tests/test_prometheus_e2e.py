@@ -612,7 +612,10 @@ def test_scrape_near_timeout_alert_divides_the_duration_by_the_exporters_deadlin
     rule = next(r for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
                 for r in g["rules"] if r["alert"] == "PolarityScrapeNearTimeout")
     ratio, threshold = rule["expr"].rsplit(" > ", 1)
-    at = time.time()
+    # Three queries at one instant must see the same samples: a scrape begun before it but
+    # stored after the first query would change the later ones. Every scrape begun by this
+    # instant has been stored (a scrape lasts at most its timeout).
+    at = time.time() - SCRAPE_TIMEOUT_S - 1.0
     got = {s["metric"]["instance"]: _value(s) for s in stack.instant(ratio, at)}
     selector = f'{{job="{JOB}", instance="{stack.exporter_address}"}}'
     (duration,) = stack.instant(f"polarity_scrape_duration_seconds{selector}", at)
