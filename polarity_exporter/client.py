@@ -1,10 +1,10 @@
 """The Polarity API the exporter reads: the paged integrations listing and the errors stream.
 
 One client per Polarity server, kept for the life of the exporter, so that its keep-alive
-connections and its login token are reused across scrapes. It composes the transport (HTTP,
-deadline, retries: transport.py) and the authenticator (token state machine: auth.py). Every
-failure surfaces as a `PolarityError` whose message is one line naming the cause (never a
-secret).
+connections and its login token are reused across scrapes. It composes the transport (HTTP and
+deadline: transport.py; bodies: bodies.py; retries and 429s: retries.py) and the authenticator
+(token state machine: auth.py). Every failure surfaces as a `PolarityError` whose message is
+one line naming the cause (never a secret).
 
 Memory is bounded whatever the server sends: a listing page is read up to MAX_PAGE_BYTES and
 folded into records as it arrives (pages are decoded one at a time); the errors body is decoded

@@ -125,7 +125,7 @@ class StreamGuard:
     at almost no cost (two counts and a sparse sample per chunk).
 
     Depth: a structure can be no deeper than the number of `[` and `{` bytes it contains. ijson
-    parses each chunk it reads (at most STREAM_SLICE bytes, transport.py) whole before it yields
+    parses each chunk it reads (at most STREAM_SLICE bytes, bodies.py) whole before it yields
     the records that ended in it, so after a record, what is unparsed lies within the last
     chunk. The guard counts opening brackets and bytes since the last record that way, upper
     bounds of the nesting and the record's size at any point, and refuses the body once one
