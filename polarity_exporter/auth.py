@@ -145,8 +145,9 @@ class Authenticator:
             return
         self._login(creds, deadline)
 
-    def unauthorized(self, generation: int) -> None:
+    def unauthorized(self, generation: int, deadline: Deadline) -> None:
         """A request with the token of `generation` got 401: drop that token (once)."""
+        deadline.note("HTTP 401 with the current token: logging in again")
         with self._cond:
             if generation == self._generation and self._token is not None:
                 self._token = None
@@ -170,13 +171,14 @@ class Authenticator:
                                     f"{self._transport.failure(response, deadline, what)}")
             token, expires = self._read_token(response, deadline, what)
         self._store(token, expires)
+        deadline.note(f"logged in as {creds.username!r}" + _expiry(expires))
         log.info("logged in to Polarity", extra={"server": self._transport.base_url,
                                                  "user": creds.username})
 
     def _refresh(self, token: str, creds: Password, deadline: Deadline) -> bool:
         """False if Polarity refused the token (log in instead); True otherwise."""
         what = f"token refresh for {creds.username!r} at {self._transport.base_url}"
-        deadline = Deadline(max(0.0, deadline.remaining() * REFRESH_SHARE))
+        deadline = Deadline(max(0.0, deadline.remaining() * REFRESH_SHARE), log=deadline.log)
         try:
             with self._transport.exchange("GET", "/api/users/refresh", deadline, what,
                                           token=token) as response:
@@ -191,8 +193,10 @@ class Authenticator:
                 self._refresh_at = self.clock() + REFRESH_RETRY_SECONDS
             log.warning("token refresh failed", extra={"server": self._transport.base_url,
                                                        "err": str(exc)})
+            deadline.note(f"token refresh failed, keeping the current token: {exc}")
             return True
         self._store(new_token, expires)
+        deadline.note("token refreshed" + _expiry(expires))
         log.debug("refreshed Polarity token", extra={"server": self._transport.base_url})
         return True
 
@@ -264,3 +268,9 @@ class Authenticator:
         else:
             log.warning("logout failed", extra={"server": self._transport.base_url,
                                                 "err": f"HTTP {status}"})
+
+
+def _expiry(expires: float) -> str:
+    if not expires:
+        return " (no expiry given)"
+    return time.strftime(" (token expires %Y-%m-%dT%H:%M:%SZ)", time.gmtime(expires))

@@ -29,7 +29,9 @@ from polarity_exporter.config import (
     PolarityConfig,
     ServerConfig,
     Setting,
+    check_proxy_url,
     choose_credentials,
+    has_credentials,
     normalize_url,
     parse_listen_address,
 )
@@ -46,7 +48,8 @@ ENV = "POLARITY_EXPORTER_"
 
 def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
     # --polarity.url -> "url", --web.listen-address -> "web_listen_address".
-    name = flag.lstrip("-").removeprefix("polarity.").replace(".", "_").replace("-", "_")
+    name = flag.split("/")[0].lstrip("-").removeprefix("polarity.").replace(".", "_") \
+        .replace("-", "_")
     return click.option(flag, name, envvar=envvar, show_envvar=True, show_default=True, **kwargs)
 
 
@@ -90,7 +93,13 @@ def _settings(command: Callable[..., Any]) -> Callable[..., Any]:
          help="CA bundle to verify Polarity's TLS certificate.")
 @_option("--polarity.insecure-skip-verify", "POLARITY_INSECURE_SKIP_VERIFY", is_flag=True,
          help="Do not verify Polarity's TLS certificate (logs a warning).")
+@_option("--polarity.proxy-url", "POLARITY_PROXY_URL",
+         help="Upstream proxy (http:// or https://; CONNECT for https servers) instead of "
+              "HTTPS_PROXY/NO_PROXY. Give credentials only in the environment variable.")
 @_settings
+@_option("--collector.errors/--no-collector.errors", ENV + "COLLECTOR_ERRORS", default=True,
+         help="Read /api/integrations/errors; off: no errors request, and the metrics that "
+              "need it are absent.")
 @_option("--collector.max-codes", ENV + "COLLECTOR_MAX_CODES", type=click.IntRange(2, 1000),
          default=20, help="Most error-code series per integration; the rest fold into "
                           "code=\"other\".")
@@ -122,6 +131,10 @@ def _settings(command: Callable[..., Any]) -> Callable[..., Any]:
          help="Log level.")
 @_option("--log.format", ENV + "LOG_FORMAT", type=click.Choice(["logfmt", "json"]),
          default="logfmt", help="Log format.")
+@_option("--log.error-events", ENV + "LOG_ERROR_EVENTS", is_flag=True,
+         help="Log each new or changed Polarity error record as one event line.")
+@_option("--history.limit", ENV + "HISTORY_LIMIT", type=click.IntRange(0, 10000), default=100,
+         help="Recent scrapes and probes kept, with their logs, for the landing page.")
 @_option("--demo", ENV + "DEMO", is_flag=True,
          help="Start the built-in Polarity simulator and export its metrics.")
 @click.version_option(__version__, "--version", prog_name="polarity-exporter")
@@ -130,6 +143,8 @@ def command(**flags: Any) -> None:
     # Before any thread starts (the demo's simulator is the first): every thread inherits the
     # mask, and only the main thread takes these signals (exporter.run).
     block_signals()
+    source = click.get_current_context().get_parameter_source("proxy_url")
+    flags["proxy_url_from_command_line"] = source is click.core.ParameterSource.COMMANDLINE
     setup_logging(flags["log_level"], flags["log_format"])
     # Process-wide settings belong to the process, so they are made here, at its entry point,
     # not by the modules a library user might import.
@@ -152,21 +167,25 @@ def build_config(flags: dict[str, Any]) -> Config:
     if not flags["url"] and not flags.get("config_file"):
         raise ConfigError("--polarity.url (or POLARITY_URL) or --config.file is required")
     if not flags["web_telemetry_path"].startswith("/") or flags["web_telemetry_path"] in (
-            "/", "/-/healthy", "/-/ready", "/-/reload", "/probe"):
+            "/", "/-/healthy", "/-/ready", "/-/reload", "/probe", "/logs"):
         raise ConfigError(f"--web.telemetry-path {flags['web_telemetry_path']!r} must start "
-                          "with / and not be /, /-/healthy, /-/ready, /-/reload or /probe")
+                          "with / and not be /, /-/healthy, /-/ready, /-/reload, /probe or "
+                          "/logs")
     host, port = parse_listen_address(flags["web_listen_address"])
     config = Config(
         polarity=polarity_config(flags) if flags["url"] else None,
         collector=CollectorConfig(max_codes=flags["collector_max_codes"],
                                   max_label_length=flags["collector_max_label_length"],
-                                  max_orphan_ids=flags["collector_max_orphan_ids"]),
+                                  max_orphan_ids=flags["collector_max_orphan_ids"],
+                                  errors=flags["collector_errors"],
+                                  error_events=flags["log_error_events"]),
         web=ServerConfig(host=host, port=port, telemetry_path=flags["web_telemetry_path"],
                       timeout_offset=flags["web_timeout_offset"],
                       shutdown_timeout=flags["web_shutdown_timeout"],
                       security=load_security(flags["web_config_file"])),
         cache_ttl=flags["cache_ttl"],
         targets_file=flags.get("config_file") or None,
+        history_limit=flags["history_limit"],
     )
     if config.polarity is not None:
         warn_about_readable_secrets({"--polarity.api-key-file": flags["api_key_file"],
@@ -185,8 +204,15 @@ def polarity_config(flags: dict[str, Any]) -> PolarityConfig:
         password=os.environ.get("POLARITY_PASSWORD"),
         password_file=flags["password_file"],
     )
+    proxy_url = flags.get("proxy_url") or None
+    if proxy_url is not None:
+        proxy_url = check_proxy_url(proxy_url, "--polarity.proxy-url")
+        if has_credentials(proxy_url) and flags.get("proxy_url_from_command_line"):
+            raise ConfigError("--polarity.proxy-url holds credentials: set it in "
+                              "POLARITY_PROXY_URL instead, the command line shows in ps")
     return PolarityConfig(
         url=normalize_url(flags["url"]),
+        proxy_url=proxy_url,
         credentials=credentials,
         ca_file=flags["ca_file"],
         insecure_skip_verify=flags["insecure_skip_verify"],

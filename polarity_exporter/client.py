@@ -171,7 +171,7 @@ class PolarityClient:
                     raise AuthError(f"{what}: still unauthorized after logging in again as "
                                     f"{self.account} (HTTP 401)")
                 relogged += 1
-                self.auth.unauthorized(generation)
+                self.auth.unauthorized(generation, deadline)
                 continue
             if status == 429:  # the transport recorded its Retry-After for every request
                 self.transport.rate_limit.refused(response, deadline, what, rate_limited)
@@ -242,6 +242,9 @@ class PolarityClient:
             for future in futures:
                 future.cancel()
         _merge_pages(results, total, listing, key)
+        deadline.note(f"{INTEGRATIONS}: {len(results)} pages of up to {per_page}, server said "
+                      f"{total}, kept {len(listing.items)}"
+                      + ("" if listing.complete else "; incomplete: " + "; ".join(listing.notes)))
         return listing
 
     def _submit_page(self, number: int, deadline: Deadline,
@@ -262,13 +265,15 @@ class PolarityClient:
 
     # --- errors -----------------------------------------------------------------------------
 
-    def iter_errors(self, deadline: Deadline, problems: Problems) -> Iterator[ErrorRecord]:
+    def iter_errors(self, deadline: Deadline, problems: Problems,
+                    text: bool = False) -> Iterator[ErrorRecord]:
         """Error records as they are read (unreadable fields counted in `problems`).
 
         A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape straight into
         records (models.documented_errors), otherwise generically and record by record. A larger
         body is streamed record by record through ijson behind a StreamGuard
-        (jsondecode.stream_items), so it is never held whole.
+        (jsondecode.stream_items), so it is never held whole. With `text`, each record also
+        carries its id, title and detail (error events).
         """
         with self._get(ERRORS, deadline, ERRORS) as response:
             check_json(response, ERRORS)
@@ -277,15 +282,19 @@ class PolarityClient:
                                 repair_utf8=True, guard=guard)
             head, whole = reader.read_up_to(WHOLE_ERRORS_BYTES)
             if not whole:
+                deadline.note(f"{ERRORS}: body over {WHOLE_ERRORS_BYTES} bytes, read as a stream")
                 reader.replay(head)
                 del head
-                yield from parse_errors(stream_items(reader, guard, ERRORS), problems)
+                yield from parse_errors(stream_items(reader, guard, ERRORS), problems, text)
                 return
             with self._decode_lock:  # one whole body decoded at a time, pages included
-                records = documented_errors(head, problems)
+                records = documented_errors(head, problems, text)
                 items = _records(decode_json(head, ERRORS)) if records is None else []
+            deadline.note(f"{ERRORS}: {len(head)} bytes decoded whole, "
+                          + ("in the documented shape" if records is not None else
+                             f"generically ({len(items)} items)"))
             del head
-            yield from parse_errors(items, problems) if records is None else records
+            yield from parse_errors(items, problems, text) if records is None else records
 
 
 def _page_result(number: int, future: Future[_Page[T]], deadline: Deadline) -> _Page[T]:

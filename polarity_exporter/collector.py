@@ -20,6 +20,7 @@ from polarity_exporter.client import Listing, PolarityClient
 from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.errors import DeadlineExceeded, PolarityError
+from polarity_exporter.events import ErrorEvents, Read
 from polarity_exporter.models import Integration, Problems, parse_integration
 from polarity_exporter.summary import (
     OTHER_ID,
@@ -52,6 +53,19 @@ class ScrapeResult:
     timeout: float = 0.0  # the deadline this scrape was given, in seconds
     deadline_hit: bool = False  # some part ran out of time: the result says more of the
     # deadline than of Polarity, so it is not reused by --cache.ttl
+    errors_enabled: bool = True  # off: no errors request, and no metrics that need it
+    failures: dict[str, str] = field(default_factory=dict)  # part -> why it failed (one line)
+
+    def outcome(self) -> str:
+        """One line for the landing page: up, or which part failed and why."""
+        if self.up:
+            return "up"
+        if self.failures:
+            return "down: " + "; ".join(f"{part}: {why}" for part, why in
+                                        self.failures.items())
+        if self.listing is not None and not self.listing.complete:
+            return "down: listing incomplete: " + "; ".join(self.listing.notes)
+        return "down"
 
     @property
     def up(self) -> bool:
@@ -71,9 +85,13 @@ class PolarityCollector:
     """
 
     def __init__(self, client: PolarityClient, config: CollectorConfig,
-                 cache_ttl: float = 0.0) -> None:
+                 cache_ttl: float = 0.0, *, errors: bool | None = None,
+                 events: ErrorEvents | None = None) -> None:
         self._client = client
         self._config = config
+        self._errors = config.errors if errors is None else errors
+        self._events = events
+        self._read: Read | None = None  # the errors read of the fetch in flight (events)
         self._cache_ttl = cache_ttl  # said in polarity_up's HELP when results may be reused
         self._clean = LabelCleaner(config.max_label_length)
 
@@ -87,40 +105,53 @@ class PolarityCollector:
         """
         result = self.fetch(deadline)
         result.timeout = deadline.seconds  # as extended by scrapes that joined the fetch
+        if deadline.log is not None:
+            deadline.log.outcome = result.outcome()
+            deadline.note(f"outcome: {deadline.log.outcome}")
         return self.build(result), not result.deadline_hit
 
     def fetch(self, deadline: Deadline) -> ScrapeResult:
-        result = ScrapeResult(timeout=deadline.seconds)
+        result = ScrapeResult(timeout=deadline.seconds, errors_enabled=self._errors)
         started = time.perf_counter()
-        result.authenticated = self._part("cannot authenticate with Polarity", result,
-                                          self._client.authenticate, deadline) is not None
+        deadline.note(f"fetch from {self._client.base_url}, deadline {deadline.seconds:.2f}s"
+                      + ("" if self._errors else ", errors collector off"))
+        result.authenticated = self._part("authentication", "cannot authenticate with Polarity",
+                                          result, self._client.authenticate, deadline) is not None
         if result.authenticated:
             # The errors download runs beside the listing, on a thread kept for it (pools.py).
-            errors = pools.errors.submit(self._part, "cannot read integration errors", result,
-                                         self._fetch_errors, deadline, result.problems["errors"])
-            self._part("cannot list integrations", result, self._fetch_integrations, deadline,
-                       result)
-            result.errors = errors.result()
+            errors = pools.errors.submit(self._part, "errors", "cannot read integration errors",
+                                         result, self._fetch_errors, deadline,
+                                         result.problems["errors"]) if self._errors else None
+            self._part("integrations", "cannot list integrations", result,
+                       self._fetch_integrations, deadline, result)
+            result.errors = errors.result() if errors is not None else None
+            self._emit_events(result)
         result.duration = time.perf_counter() - started
-        self._log_problems(result)
+        self._log_problems(result, deadline)
         return result
 
-    def _part(self, failure: str, result: ScrapeResult, fn: Any, *args: Any) -> Any:
+    def _part(self, part: str, failure: str, result: ScrapeResult, fn: Any, *args: Any) -> Any:
         """Run one part of a scrape: its failure is logged once and costs only that part.
 
         Returns what `fn` returns (True when it returns None), or None when it failed.
         """
+        deadline: Deadline = args[0]
         try:
             value = fn(*args)
         except PolarityError as exc:
             result.deadline_hit |= isinstance(exc, DeadlineExceeded)
             level = logging.WARNING if failure.endswith("errors") else logging.ERROR
             log.log(level, failure, extra={"err": str(exc)})
+            result.failures[part] = str(exc)
+            deadline.note(f"part {part}: failed: {exc}")
             return None
         except Exception as exc:  # a bug, or input beyond every bound: never the whole scrape
-            log.error(failure, exc_info=exc, extra={"err": f"unexpected {type(exc).__name__}: "
-                                             f"{' '.join(str(exc).split())[:200]}"})
+            err = f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            log.error(failure, exc_info=exc, extra={"err": err})
+            result.failures[part] = err
+            deadline.note(f"part {part}: failed: {err}")
             return None
+        deadline.note(f"part {part}: ok")
         return True if value is None else value
 
     def _fetch_integrations(self, deadline: Deadline, result: ScrapeResult) -> None:
@@ -142,17 +173,35 @@ class PolarityCollector:
         result.listing = listing
 
     def _fetch_errors(self, deadline: Deadline, problems: Problems) -> ErrorSummary:
-        return summarize_errors(self._client.iter_errors(deadline, problems), self._clean,
-                                problems)
+        events = self._events
+        records = self._client.iter_errors(deadline, problems, text=events is not None)
+        if events is None:
+            summary = summarize_errors(records, self._clean, problems)
+        else:
+            # One fetch at a time per collector (the shared scrape's single flight).
+            self._read = read = Read()
+            summary = summarize_errors(events.watch(records, read), self._clean, problems)
+        deadline.note(f"errors: {sum(e.records for e in summary.integrations.values())} "
+                      f"records of {len(summary.integrations)} integration ids")
+        return summary
+
+    def _emit_events(self, result: ScrapeResult) -> None:
+        read, self._read = self._read, None
+        if self._events is None or read is None or result.errors is None:
+            return  # a failed read changes nothing
+        names = {integration.id: integration.name
+                 for integration in (result.integrations or {}).values()}
+        self._events.commit(read, names)
 
     @staticmethod
-    def _log_problems(result: ScrapeResult) -> None:
+    def _log_problems(result: ScrapeResult, deadline: Deadline) -> None:
         # Once per scrape, not once per record: a bad integration can write thousands.
         for collector, problems in result.problems.items():
             if problems:
                 fields = ", ".join(f"{name}={count}" for name, count in sorted(problems.items()))
                 log.warning("unreadable fields in Polarity records",
                             extra={"collector": collector, "fields": fields})
+                deadline.note(f"part {collector}: unreadable fields: {fields}")
 
     def build(self, result: ScrapeResult) -> list[Metric]:
         return build_families(result, self._config, self._cache_ttl)
@@ -177,8 +226,9 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     sample(metrics.SCRAPE_TIMEOUT, {}, result.timeout)
     sample(metrics.COLLECTOR_SUCCESS, {"collector": "integrations"},
            1.0 if result.listing is not None else 0.0)
-    sample(metrics.COLLECTOR_SUCCESS, {"collector": "errors"},
-           1.0 if result.errors is not None else 0.0)
+    if result.errors_enabled:
+        sample(metrics.COLLECTOR_SUCCESS, {"collector": "errors"},
+               1.0 if result.errors is not None else 0.0)
     if result.listing is not None:
         sample(metrics.LISTING_COMPLETE, {}, 1.0 if result.listing.complete else 0.0)
     sample(metrics.BUILD_INFO, {"version": __version__}, 1.0)

@@ -46,11 +46,18 @@ class PolarityConfig:
     timeout: float = 10.0
     page_size: int = 200
     max_concurrency: int = 10
+    # An upstream proxy for this server (http or https URL; CONNECT for https servers). It may
+    # hold credentials, so it is left out of repr. None: the environment's HTTPS_PROXY/NO_PROXY.
+    proxy_url: str | None = field(default=None, repr=False)
+    # Per target only (the targets file): None follows the flags (CollectorConfig).
+    errors: bool | None = None  # `collectors:` without "errors": no errors request at all
+    error_events: bool | None = None
 
 
 # --- the per-server numbers: one schema for the flags and the targets file ---------------------
 
 _DEFAULTS = {f.name: f.default for f in fields(PolarityConfig) if f.default is not MISSING}
+COLLECTORS = ("integrations", "errors")  # the parts of a scrape; integrations is never off
 # Prometheus allows scrape timeouts of minutes; past this, a setting is a mistake.
 MAX_TIMEOUT = 300.0
 
@@ -107,7 +114,7 @@ class Setting:
 
 # The keys of a target in the targets file: text, a switch, and the numbers above.
 TARGET_STRINGS = ("url", "username", "username_file", "password", "password_file", "api_key",
-                  "api_key_file", "ca_file")
+                  "api_key_file", "ca_file", "proxy_url")
 SETTINGS = (
     Setting("timeout", float, 0.1, MAX_TIMEOUT,
             "Seconds: connect and read timeout, and the scrape deadline when Prometheus sends no "
@@ -124,6 +131,8 @@ class CollectorConfig:
     # Integration ids that only the errors endpoint names (not in the listing): at most this many
     # series; the rest fold into integration_id="other".
     max_orphan_ids: int = 100
+    errors: bool = True  # --no-collector.errors: no errors request, no metrics that need it
+    error_events: bool = False  # --log.error-events
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,7 @@ class Config:
     # --config.file: the named targets /probe serves, read at start and on every reload (so
     # the path, not its content, is configuration).
     targets_file: str | None = None
+    history_limit: int = 100  # recent scrapes kept for the landing page (history.py)
 
 
 def normalize_url(url: str) -> str:
@@ -179,6 +189,29 @@ def redact_url(url: str) -> str:
     if "@" in authority:
         authority = "***@" + authority.rsplit("@", 1)[1]
     return f"{scheme}{sep}{authority}{slash}{path}"[:200]
+
+
+def check_proxy_url(url: str, named: str) -> str:
+    """An upstream proxy URL: http:// or https://, a host, an optional port and credentials,
+    nothing else. Messages never quote it: it may carry a password."""
+    try:
+        parts = urlsplit(url.strip())
+        hostname, _ = parts.hostname, parts.port
+    except ValueError:
+        raise ConfigError(f"{named} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise ConfigError(f"{named} must be an http:// or https:// URL with a host (socks is "
+                          "not supported)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{named} must be scheme://[user:password@]host[:port], without a "
+                          "path or query")
+    if any(ch.isspace() or not ch.isprintable() for ch in url.strip()):
+        raise ConfigError(f"{named} must not contain spaces or control characters")
+    return url.strip().rstrip("/")
+
+
+def has_credentials(url: str) -> bool:
+    return "@" in urlsplit(url.strip()).netloc
 
 
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
@@ -287,4 +320,5 @@ def choose_credentials(
     return Password(username, password)
 
 
-TARGET_KEYS = (*TARGET_STRINGS, "insecure_skip_verify", *(setting.key for setting in SETTINGS))
+TARGET_KEYS = (*TARGET_STRINGS, "insecure_skip_verify", "collectors", "error_events",
+               *(setting.key for setting in SETTINGS))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from polarity_exporter.errors import DeadlineExceeded
+from polarity_exporter.fetchlog import FetchLog
 
 
 class Deadline:
@@ -32,10 +33,19 @@ class Deadline:
     latest of their deadlines (see scrapecache.py).
     """
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic,
+                 log: FetchLog | None = None) -> None:
         self._clock = clock
         self.seconds = seconds
         self.end = clock() + seconds
+        # The fetch's log (fetchlog.py): the deadline goes wherever the fetch's work goes,
+        # across its threads, so the log travels with it.
+        self.log = log
+
+    def note(self, text: str) -> None:
+        """A line in the fetch's log, if this deadline belongs to a logged fetch."""
+        if self.log is not None:
+            self.log.add(text)
 
     def remaining(self) -> float:
         return self.end - self._clock()

@@ -15,13 +15,16 @@ import threading
 from dataclasses import dataclass
 
 import click
-from prometheus_client import Metric, ProcessCollector
+from prometheus_client import ProcessCollector
 
 from polarity_exporter import __version__
 from polarity_exporter.client import PolarityClient
 from polarity_exporter.config import Config, ConfigError
+from polarity_exporter.fetchlog import FetchLog
+from polarity_exporter.history import History
 from polarity_exporter.httpserver import BoundedServer
 from polarity_exporter.memory import release_free_memory
+from polarity_exporter.scrapecache import Scraped
 from polarity_exporter.servers import Fleet, Reloader, Server, build_info
 from polarity_exporter.targets import load_targets
 from polarity_exporter.web import ExporterApp, Landing, bind
@@ -81,13 +84,19 @@ def build_exporter(config: Config) -> Exporter:
         if config.polarity is not None else None
     process = ProcessCollector(registry=None)
 
-    def scrape(timeout: float) -> list[Metric]:
+    def scrape(timeout: float) -> Scraped:
         # /metrics: the --polarity.url server's families, or only the build info; with
         # --config.file also the reload state and probe counters; the process always.
-        families = polarity(timeout) if polarity is not None else [build_info()]
+        if polarity is not None:
+            scraped = polarity(timeout)
+        else:
+            scraped = Scraped([build_info()], FetchLog())
+            scraped.log.add("no --polarity.url: /metrics asks no Polarity server; the targets "
+                            "of --config.file answer at /probe?target=NAME")
+        families = scraped.families
         if fleet is not None:
             families = [*families, *fleet.families()]
-        return [*families, *process.collect()]
+        return Scraped([*families, *process.collect()], scraped.log)
 
     timeouts = config.polarity.timeout if config.polarity is not None else 10.0
     landing = config.polarity.url if config.polarity is not None else \
@@ -97,7 +106,8 @@ def build_exporter(config: Config) -> Exporter:
                       landing=Landing("Polarity Exporter", __version__, landing),
                       security=security, after_scrape=release_free_memory,
                       encoded=polarity.shared.encoded if polarity is not None else None,
-                      fleet=fleet, reloader=reloader)
+                      fleet=fleet, reloader=reloader, history=History(config.history_limit),
+                      history_target=config.web.telemetry_path if polarity is not None else None)
     tls = security.ssl_context() if security is not None else None
     try:
         server = bind(app, config.web.host, config.web.port, tls=tls)

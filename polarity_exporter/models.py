@@ -47,6 +47,22 @@ class ErrorRecord:
     count: float | None
     occurred_on: float | None
     affected_users: tuple[str, ...]
+    # Read only for error events (events.py), which say what Polarity said: None otherwise.
+    text: ErrorText | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorText:
+    """A record's id, title and detail, cut to MAX_EVENT_TEXT characters (None when absent
+    or not text)."""
+
+    id: str | None
+    title: str | None
+    detail: str | None
+
+
+# Titles and details kept for error events: they go into one log line each.
+MAX_EVENT_TEXT = 1024
 
 
 # Longest text kept from a field: one more than the longest label value allowed, so the label
@@ -143,7 +159,7 @@ def _error_refs(item: dict[str, Any], problems: Problems) -> int | None:
     return len(data)
 
 
-def parse_error(item: Any, problems: Problems) -> ErrorRecord | None:
+def parse_error(item: Any, problems: Problems, text: bool = False) -> ErrorRecord | None:
     """One record of GET /api/integrations/errors; None only when its integration is unknown.
 
     Called for every record of a body outside the documented shape (`documented_errors` reads
@@ -167,14 +183,25 @@ def parse_error(item: Any, problems: Problems) -> ErrorRecord | None:
         count = float(count)
     else:
         count = _count(count, problems)
-    return _record(integration_id, attrs.get("code"), count, attrs.get("occurred-on"),
-                   _affected_users(attrs.get("meta"), problems), problems)
+    record = _record(integration_id, attrs.get("code"), count, attrs.get("occurred-on"),
+                     _affected_users(attrs.get("meta"), problems), problems)
+    if text:
+        record.text = error_text(_as_id(item.get("id")), attrs.get("title"), attrs.get("detail"))
+    return record
 
 
-def parse_errors(items: Iterable[Any], problems: Problems) -> Iterator[ErrorRecord]:
+def error_text(ident: Any, title: Any, detail: Any) -> ErrorText:
+    def cut(value: Any) -> str | None:
+        text = _as_text(value)
+        return text[:MAX_EVENT_TEXT] if text is not None else None
+    return ErrorText(cut(ident), cut(title), cut(detail))
+
+
+def parse_errors(items: Iterable[Any], problems: Problems,
+                 text: bool = False) -> Iterator[ErrorRecord]:
     """`parse_error` over decoded records, leaving out those without an integration."""
     for item in items:
-        record = parse_error(item, problems)
+        record = parse_error(item, problems, text)
         if record is not None:
             yield record
 
@@ -324,13 +351,31 @@ class _ErrorsBody(msgspec.Struct, gc=False):
     data: list[_ErrorItem]
 
 
+# With error events on, the id, title and detail too (as documented: strings; anything else
+# sends the body to the generic reader, which reads them as text).
+class _TextAttributes(_ErrorAttributes, gc=False):
+    title: str | None = None
+    detail: str | None = None
+
+
+class _TextItem(msgspec.Struct, gc=False):
+    attributes: _TextAttributes
+    id: str | None = None
+
+
+class _TextBody(msgspec.Struct, gc=False):
+    data: list[_TextItem]
+
+
 _ERRORS_BODY: Final = msgspec.json.Decoder(_ErrorsBody)
+_TEXT_BODY: Final = msgspec.json.Decoder(_TextBody)
 # ValueError: invalid UTF-8 (UnicodeDecodeError). RecursionError: deep nesting, even in a
 # skipped field.
 _REFUSED = (msgspec.MsgspecError, ValueError, RecursionError)
 
 
-def documented_errors(body: bytes, problems: Problems) -> list[ErrorRecord] | None:
+def documented_errors(body: bytes, problems: Problems,
+                      text: bool = False) -> list[ErrorRecord] | None:
     """The records of an errors body in the documented shape; None for any other body.
 
     Memory: only the fields above are built, a few objects per record (at most about 11 times
@@ -338,6 +383,12 @@ def documented_errors(body: bytes, problems: Problems) -> list[ErrorRecord] | No
     size by the reader (client.WHOLE_ERRORS_BYTES).
     """
     try:
+        if text:
+            detailed = _TEXT_BODY.decode(body).data
+            records = _records(detailed, problems)  # type: ignore[arg-type]
+            for record, item in zip(records, detailed, strict=True):
+                record.text = error_text(item.id, item.attributes.title, item.attributes.detail)
+            return records
         items = _ERRORS_BODY.decode(body).data
     except _REFUSED:
         return None

@@ -96,6 +96,7 @@ class RateLimit:
         if blocked + 0.1 >= deadline.remaining():
             raise RateLimitedError(f"{what}: Polarity asked to wait {math.ceil(blocked)}s more "
                                    "(HTTP 429 Retry-After); not calling it before then")
+        deadline.note(f"{what}: waiting {blocked:.2f}s for Polarity's Retry-After")
         time.sleep(blocked)
 
 
@@ -114,5 +115,6 @@ class RetryPolicy:
         pause = 0.2 * 2**attempt
         if deadline.remaining() <= pause + 0.1:
             return False
+        deadline.note(f"retry {attempt + 1} of {self.max_retries} after {pause:.1f}s")
         time.sleep(pause)
         return True

@@ -35,6 +35,7 @@ from prometheus_client.core import Metric
 
 from polarity_exporter import metrics, pools
 from polarity_exporter.deadline import Deadline
+from polarity_exporter.fetchlog import FetchLog
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,15 @@ def encode_reserve(timeout: float, last_encode: float = 0.0) -> float:
     more than half the deadline."""
     usual = min(ENCODE_RESERVE_MAX, ENCODE_RESERVE_FRACTION * timeout)
     return min(timeout / 2, max(usual, 1.5 * last_encode))
+
+
+@dataclass
+class Scraped:
+    """An answer's families, and the log of the fetch behind them (shared by the scrapes that
+    shared the fetch)."""
+
+    families: list[Metric]
+    log: FetchLog
 
 
 @dataclass
@@ -94,7 +104,7 @@ class SharedScrape:
         # The slowest recent answer counts at once; a faster one lowers the estimate slowly.
         self._last_encode = max(seconds, 0.8 * self._last_encode)
 
-    def __call__(self, timeout: float) -> list[Metric]:
+    def __call__(self, timeout: float) -> Scraped:
         # The fetch stops talking to Polarity a full reserve before this request's deadline;
         # the request waits half of it more, for the fetch thread to build the families.
         reserve = encode_reserve(timeout, self._last_encode)
@@ -106,8 +116,11 @@ class SharedScrape:
                 return self._serve(cached)
             flight = self._flight
             if flight is None:
-                flight = _Flight(Deadline(timeout - reserve, self._clock), started=self._clock())
+                flight = _Flight(Deadline(timeout - reserve, self._clock, log=FetchLog()),
+                                 started=self._clock())
                 if self._closed:  # a reload retired this server a moment ago
+                    flight.deadline.note("this server was retired by a reload: no fetch")
+                    _log(flight).outcome = "down: retired by a reload"
                     flight.failed = True
                     flight.done.set()
                 else:
@@ -120,9 +133,11 @@ class SharedScrape:
         if not flight.done.wait(max(0.0, wait_until - self._clock())):
             log.warning("scrape deadline passed before the Polarity fetch finished; it goes on "
                         "for scrapes with later deadlines", extra={"timeout": f"{timeout:.2f}s"})
-            return self._late(timeout)
+            flight.deadline.note(f"a scrape with a {timeout:.2f}s deadline answered "
+                                 "polarity_up 0 before the fetch finished")
+            return Scraped(self._late(timeout), _log(flight))
         if flight.failed:  # a bug, logged by the fetch: this answer still says polarity_up 0
-            return self._late(timeout)
+            return Scraped(self._late(timeout), _log(flight))
         return self._serve(flight)
 
     def _run(self, flight: _Flight) -> None:
@@ -131,6 +146,7 @@ class SharedScrape:
             flight.families, flight.reusable = families, reusable
         except BaseException as exc:  # a bug: fail the waiting scrapes, not the thread
             flight.failed = True
+            _log(flight).outcome = f"down: fetch failed unexpectedly ({type(exc).__name__})"
             log.error("Polarity fetch failed unexpectedly", exc_info=exc,
                       extra={"err": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]})
         finally:
@@ -150,13 +166,14 @@ class SharedScrape:
             return last
         return None
 
-    def _serve(self, flight: _Flight) -> list[Metric]:
+    def _serve(self, flight: _Flight) -> Scraped:
         assert flight.families is not None
+        log = _log(flight)
         if self._ttl <= 0:
-            return flight.families
+            return Scraped(flight.families, log)
         age = metrics.RESULT_AGE.new(ttl=f"{self._ttl:g}")
         age.add_sample(age.name, {}, max(0.0, self._clock() - flight.finished))
-        return [*flight.families, age]
+        return Scraped([*flight.families, age], log)
 
     def close(self, then: Callable[[], None] | None = None) -> None:
         """Start no more fetches; `then` runs once the fetch in flight, if any, has ended
@@ -169,3 +186,8 @@ class SharedScrape:
         if then is not None:
             then()
 
+
+
+def _log(flight: _Flight) -> FetchLog:
+    assert flight.deadline.log is not None  # every flight has one
+    return flight.deadline.log

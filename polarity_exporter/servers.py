@@ -41,7 +41,9 @@ from polarity_exporter import __version__, metrics, pools
 from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector, ScrapeResult
 from polarity_exporter.config import CollectorConfig, ConfigError, PolarityConfig, redact_url
-from polarity_exporter.scrapecache import SharedScrape
+from polarity_exporter.events import ErrorEvents
+from polarity_exporter.fetchlog import FetchLog
+from polarity_exporter.scrapecache import Scraped, SharedScrape
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ class Server:
     scrapes share. Callable with a deadline in seconds -> the families to answer with."""
 
     def __init__(self, config: PolarityConfig, collector: CollectorConfig,
-                 cache_ttl: float) -> None:
+                 cache_ttl: float, name: str = "") -> None:
         self.config = config
+        self.name = name or config.url  # the target's name; the URL for --polarity.url
         self.retired = threading.Event()  # set when a reload replaced or removed it
         if config.insecure_skip_verify:
             log.warning("TLS certificate verification of Polarity is disabled",
@@ -71,13 +74,17 @@ class Server:
             log.warning("credentials are sent to Polarity unencrypted over http://; use "
                         "https://", extra={"server": redact_url(config.url)})
         self.client = PolarityClient(config)
-        self.collector = PolarityCollector(self.client, collector, cache_ttl)
+        events = config.error_events if config.error_events is not None else \
+            collector.error_events
+        self.collector = PolarityCollector(
+            self.client, collector, cache_ttl, errors=config.errors,
+            events=ErrorEvents(self.name) if events else None)
         # Concurrent scrapes share one Polarity fetch; --cache.ttl also reuses a recent one.
         self.shared = SharedScrape(self.collector.scrape, ttl=cache_ttl,
                                    max_lifetime=config.timeout,
                                    late=_late_answer(self.collector))
 
-    def __call__(self, timeout: float) -> list[Metric]:
+    def __call__(self, timeout: float) -> Scraped:
         return self.shared(timeout)
 
     def late(self, timeout: float) -> list[Metric]:
@@ -173,7 +180,7 @@ class Fleet:
                 for name, config in configs.items():
                     kept = current.get(name)
                     if kept is None or kept.server.config != config:
-                        fresh[name] = Server(config, self._collector, self._cache_ttl)
+                        fresh[name] = Server(config, self._collector, self._cache_ttl, name)
             except Exception:
                 for server in fresh.values():
                     server.close()  # never logged in: nothing to log out
@@ -209,7 +216,7 @@ class Fleet:
     # --- probes -------------------------------------------------------------------------
 
     def probe(self, name: str,
-              timeout_for: Callable[[Server], float]) -> tuple[Server, list[Metric]] | None:
+              timeout_for: Callable[[Server], float]) -> tuple[Server, Scraped] | None:
         """The target's server and families, answered within `timeout_for(server)` (a scrape's
         deadline depends on the target's own timeout); None for an unknown name. The server is
         looked up once, so a reload meanwhile cannot mix two servers in one answer."""
@@ -222,26 +229,29 @@ class Fleet:
         if target.waiting.acquire(blocking=False):
             try:
                 started = time.monotonic()
-                families = server(deadline)
-                if server.retired.is_set() and not _up(families):
+                scraped = server(deadline)
+                if server.retired.is_set() and not _up(scraped.families):
                     # A reload replaced this server while the probe was on its way: it may
                     # have refused a new fetch. Ask its replacement, in the time that is left.
                     with self._lock:
                         replacement = target.server
                     if replacement is not server:
                         server = replacement
-                        families = server(max(0.0, deadline - (time.monotonic() - started)))
+                        scraped = server(max(0.0, deadline - (time.monotonic() - started)))
             finally:
                 target.waiting.release()
         else:
             log.warning("too many probes waiting for this target; answering polarity_up 0 at "
                         "once", extra={"target": name, "waiting": MAX_WAITING_PROBES})
-            families = server.late(deadline)
-        up = _up(families)
+            scraped = Scraped(server.late(deadline), FetchLog())
+            scraped.log.add(f"{MAX_WAITING_PROBES} probes of this target were waiting already: "
+                            "answered polarity_up 0 at once")
+            scraped.log.outcome = "down: too many probes of this target waiting"
+        up = _up(scraped.families)
         with self._lock:  # counted on the target probed, even if a reload replaced it since
             target.probes += 1
             target.failures += not up
-        return server, families
+        return server, scraped
 
     def families(self) -> list[Metric]:
         """The exporter's own families for /metrics: reload state and per-target counters."""

@@ -27,12 +27,14 @@ from difflib import get_close_matches
 from typing import Any
 
 from polarity_exporter.config import (
+    COLLECTORS,
     SETTINGS,
     TARGET_KEYS,
     TARGET_STRINGS,
     ConfigError,
     Credentials,
     PolarityConfig,
+    check_proxy_url,
     check_regular_file,
     choose_credentials,
     normalize_url,
@@ -169,6 +171,9 @@ def _target(body: object, read_secret: ReadSecret, base_dir: str | None) -> Pola
         url = normalize_url(raw_url)
     except ConfigError as exc:
         raise _key_error("url", _url_problem(str(exc))) from None
+    proxy_url = values.get("proxy_url")
+    if proxy_url is not None:
+        proxy_url = check_proxy_url(proxy_url, "key \"proxy_url\"")
     files = {key: _resolve(values[key], base_dir) for key in KEYS
              if key.endswith("_file") and key in values}
     ca_file = files.get("ca_file")
@@ -179,8 +184,30 @@ def _target(body: object, read_secret: ReadSecret, base_dir: str | None) -> Pola
         credentials=_credentials(values, files, read_secret),
         ca_file=ca_file,
         insecure_skip_verify=_boolean(values, "insecure_skip_verify"),
+        proxy_url=proxy_url,
+        errors=_collectors(values),
+        error_events=_boolean(values, "error_events") if "error_events" in values else None,
         **{key: _number(values, key) for key in _NUMBERS},
     )
+
+
+def _collectors(values: dict[Any, Any]) -> bool | None:
+    """`collectors: [integrations, errors]`: whether the errors part runs (None: as the flags
+    say). The integrations part is what polarity_up stands on: it cannot be left out."""
+    if "collectors" not in values:
+        return None
+    given = values["collectors"]
+    if not isinstance(given, list) or not all(isinstance(item, str) for item in given):
+        raise _key_error("collectors", "must be a list of collector names: "
+                                       f"{', '.join(COLLECTORS)}")
+    for item in given:
+        if item not in COLLECTORS:
+            raise _key_error("collectors", f"unknown collector {shown(item)}: known are "
+                                           f"{', '.join(COLLECTORS)}")
+    if "integrations" not in given:
+        raise _key_error("collectors", "must include \"integrations\": polarity_up depends "
+                                       "on it")
+    return "errors" in given
 
 
 def _credentials(values: dict[Any, Any], files: dict[str, str],

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -105,6 +106,17 @@ def redirect_note(response: requests.Response) -> str:
     return f" to {target[:200]!r}"
 
 
+def _exchange_line(method: str, path: str, params: dict[str, str] | None, outcome: str,
+                   response: requests.Response | None, seconds: float) -> str:
+    """One request for the fetch's log: never a header or a request body (credentials)."""
+    query = "?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else ""
+    read = 0
+    if response is not None:
+        with suppress(Exception):  # urllib3: bytes read off the wire, before decompression
+            read = int(response.raw.tell())
+    return f"{method} {path}{query} -> {outcome}, {read} bytes, {seconds * 1000:.0f} ms"
+
+
 # --- the transport ----------------------------------------------------------------------------
 
 class Transport:
@@ -122,7 +134,11 @@ class Transport:
         # one server: with trust_env, requests reads and parses the environment again on every
         # request (hundreds of lookups each). trust_env also brought ~/.netrc and
         # REQUESTS_CA_BUNDLE, which must not apply here anyway.
-        self._session.proxies = requests.utils.get_environ_proxies(config.url)
+        # An explicit proxy_url (--polarity.proxy-url, or the target's) replaces them, NO_PROXY
+        # included, as Go's http.ProxyURL does.
+        self._session.proxies = requests.utils.get_environ_proxies(config.url) \
+            if config.proxy_url is None else {"http": config.proxy_url,
+                                              "https": config.proxy_url}
         self._session.trust_env = False
         # Passed on every request, not set on the session: requests lets REQUESTS_CA_BUNDLE or
         # CURL_CA_BUNDLE in the environment override a session's verify, which would silently
@@ -142,21 +158,32 @@ class Transport:
         remaining = deadline.check(what)
         guard = WATCHDOG.arm(deadline)
         response: requests.Response | None = None
+        started = time.monotonic()
+        outcome = "no answer"
         try:
             with guarding(guard):
                 response = self._request(method, path, deadline, what, token, params,
                                          json_body, connect_timeout=remaining)
+            outcome = f"HTTP {response.status_code}"
             if guard.fired:
                 # Cut while the headers arrived: http.client takes the end of the stream for
                 # the end of the headers, so what looks like an answer is a fragment.
                 deadline.check(what, "the response headers did not arrive in time")
             if response.status_code == 429:  # every later request of this server waits
                 self.rate_limit.record(response)
+                wait = one_line(response.headers.get("Retry-After", "-"))[:40]
+                outcome += f", Retry-After {wait}"
             yield response
+        except PolarityError as exc:
+            outcome = f"{outcome}: {exc}"
+            raise
         finally:
             guard.disarm()  # before the connection can go back to the pool
             if response is not None:
                 response.close()
+            if deadline.log is not None:
+                deadline.note(_exchange_line(method, path, params, outcome, response,
+                                             time.monotonic() - started))
 
     def _request(self, method: str, path: str, deadline: Deadline, what: str,
                  token: str | None, params: dict[str, str] | None, json_body: Any, *,

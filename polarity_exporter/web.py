@@ -17,22 +17,25 @@ import math
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from polarity_exporter import metrics
 from polarity_exporter.exposition import choose
+from polarity_exporter.history import History
 from polarity_exporter.httpserver import BoundedServer, listen
 from polarity_exporter.wsgi import RECEIVED, one_line_error
 
 if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
+    from polarity_exporter.scrapecache import Scraped
     from polarity_exporter.servers import Fleet, Reloader
     from polarity_exporter.webconfig import BasicAuth, WebSecurity
 
 log = logging.getLogger(__name__)
 
-Scrape = Callable[[float], Iterable[Any]]  # timeout in seconds -> metric families
+Scrape = Callable[[float], "Scraped"]  # timeout in seconds -> families and the fetch's log
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 # The floor of a scrape's deadline, whatever a client announces: each scrape waits only for its
@@ -41,6 +44,7 @@ TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 MIN_TIMEOUT = 0.5
 PROBES = frozenset({"/-/healthy", "/-/ready"})  # Kubernetes' probes: answered inline
 PROBE = "/probe"  # a --config.file target's metrics
+LOGS = "/logs"  # /logs?id=N: the log of a recent scrape (the landing page links them)
 RELOAD = "/-/reload"
 # How long POST /-/reload waits for its reload (which runs on its own thread) before it
 # answers 503: a config file on a hung mount must not hold an HTTP worker forever.
@@ -84,8 +88,13 @@ class ExporterApp:
                  security: WebSecurity | None = None,
                  after_scrape: Callable[[], None] | None = None,
                  encoded: Callable[[float], None] | None = None,
-                 fleet: Fleet | None = None, reloader: Reloader | None = None) -> None:
+                 fleet: Fleet | None = None, reloader: Reloader | None = None,
+                 history: History | None = None, history_target: str | None = None) -> None:
         self._scrape = scrape
+        self._history = history if history is not None else History(0)
+        # What /metrics entries are called in the history; None: /metrics asks no Polarity
+        # server (only --config.file targets), and is not recorded.
+        self._history_target = history_target
         self._fleet = fleet  # --config.file: /probe
         self._reloader = reloader  # and /-/reload
         # Each POST /-/reload holds a worker while it waits: a few may, the rest answer 503.
@@ -182,6 +191,8 @@ class ExporterApp:
         if path == "/":
             return _reply(start_response, "200 OK", self._landing_page(),
                           "text/html; charset=utf-8")
+        if path == LOGS:
+            return self._logs(environ, start_response)
         if path == "/-/healthy":
             return _reply(start_response, "200 OK", b"Healthy\n")
         if path == "/-/ready":
@@ -191,21 +202,60 @@ class ExporterApp:
         return _reply(start_response, "404 Not Found", b"not found\n")
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        return self._answer(list(self._scrape(self.scrape_timeout(environ))), environ,
-                            start_response, self._encoded)
+        debug, problem = debug_flag(environ.get("QUERY_STRING", ""))
+        if problem:
+            return _reply(start_response, "400 Bad Request", f"{problem}\n".encode())
+        scraped = self._scrape(self.scrape_timeout(environ))
+        target = self._history_target
+        if target is not None:
+            self._remember(target, scraped, environ)
+        if debug:
+            return self._debug(target or self._path, scraped, environ, start_response)
+        return self._answer(scraped.families, environ, start_response, self._encoded)
+
+    def _remember(self, target: str, scraped: Scraped, environ: dict[str, Any]) -> None:
+        received = environ.get(RECEIVED)
+        duration = time.monotonic() - received if received is not None else 0.0
+        self._history.add(target, result_of(scraped), duration, scraped.log)
+
+    def _debug(self, target: str, scraped: Scraped, environ: dict[str, Any],
+               start_response: StartResponse) -> list[bytes]:
+        """?debug=true: the fetch's log, then the metrics as the same request without it
+        would have had them (blackbox_exporter's debug output)."""
+        encoder, _ = choose(environ.get("HTTP_ACCEPT", ""))
+        head = (f"Log of the Polarity fetch behind this answer (target {target}; result: "
+                f"{result_of(scraped)}):\n\n{scraped.log.text()}\n"
+                "Metrics that would have been returned:\n\n")
+        return _reply(start_response, "200 OK", head.encode() + encoder(scraped.families))
+
+    def _logs(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        ident = parse_qs(environ.get("QUERY_STRING", "")[:MAX_QUERY]).get("id", [""])[0]
+        entry = self._history.get(int(ident)) if ident.isdigit() and len(ident) < 19 else None
+        if entry is None:
+            return _reply(start_response, "404 Not Found",
+                          b"no such scrape in the history (it keeps --history.limit)\n")
+        head = (f"Scrape {entry.id} of {entry.target} at {_iso(entry.time)}, "
+                f"{entry.duration:.3f}s: {entry.result}\n\n")
+        return _reply(start_response, "200 OK", (head + entry.log.text()).encode())
 
     def _probe(self, fleet: Fleet, environ: dict[str, Any],
                start_response: StartResponse) -> list[bytes]:
         """/probe?target=NAME: a configured target's families. Anything else is a 400 before
         any connection is made: the request never chooses where the exporter connects."""
-        name, problem = probe_target(environ.get("QUERY_STRING", ""))
+        query = environ.get("QUERY_STRING", "")
+        name, problem = probe_target(query)
+        debug, debug_problem = debug_flag(query) if not problem else (False, "")
+        problem = problem or debug_problem
         probed = fleet.probe(name, lambda server: self.scrape_timeout(
             environ, server.config.timeout)) if not problem else None
         if probed is None:
             problem = problem or f"unknown target {name[:64]!r}: not in --config.file"
             return _reply(start_response, "400 Bad Request", f"{problem}\n".encode())
-        server, families = probed
-        return self._answer(families, environ, start_response, server.shared.encoded)
+        server, scraped = probed
+        self._remember(name, scraped, environ)
+        if debug:
+            return self._debug(name, scraped, environ, start_response)
+        return self._answer(scraped.families, environ, start_response, server.shared.encoded)
 
     def _reload(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         assert self._reloader is not None
@@ -251,18 +301,69 @@ class ExporterApp:
         name = html.escape(self._landing.name)
         metrics = html.escape(self._path)
         return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{name}</title></head>
+<html lang="en"><head><meta charset="utf-8"><title>{name}</title>
+<style>table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px;
+text-align:left;vertical-align:top}}</style></head>
 <body>
 <h1>{name}</h1>
 <p>Version {html.escape(self._landing.version)}</p>
 <p>Polarity server: <code>{html.escape(self._landing.polarity_url)}</code></p>
 <ul>
-<li><a href="{metrics}">Metrics</a></li>
+<li><a href="{metrics}">Metrics</a> (<a href="{metrics}?debug=true">with the fetch's log</a>)</li>
 <li><a href="/-/healthy">Health</a></li>
 <li><a href="/-/ready">Readiness</a></li>
 </ul>
+{self._history_table()}
 </body></html>
 """.encode()
+
+    def _history_table(self) -> str:
+        history = self._history
+        if history.limit <= 0:
+            return "<p>Recent scrapes are not kept (--history.limit 0).</p>"
+        entries = history.entries()
+        if not entries:
+            return "<h2>Recent scrapes</h2>\n<p>No scrape yet.</p>"
+        rows = "\n".join(
+            f'<tr><td>{_iso(e.time)}</td><td>{html.escape(e.target)}</td>'
+            f'<td class="{"up" if e.result == "up" else "down"}">{html.escape(e.result)}</td>'
+            f'<td>{e.duration:.3f}s</td><td><a href="{LOGS}?id={e.id}">log</a></td></tr>'
+            for e in entries)
+        return (f"<h2>Recent scrapes</h2>\n<p>The last {history.limit} scrapes and probes, "
+                "newest first.</p>\n<table>\n<tr><th>Time (UTC)</th><th>Target</th>"
+                f"<th>Result</th><th>Duration</th><th>Log</th></tr>\n{rows}\n</table>")
+
+
+def debug_flag(query: str) -> tuple[bool, str]:
+    """(whether ?debug=true was asked, "") or (False, the one-line reason it is refused)."""
+    if len(query) > MAX_QUERY:
+        return False, f"query string longer than {MAX_QUERY} characters"
+    try:
+        values = parse_qs(query, keep_blank_values=True, max_num_fields=16).get("debug", [])
+    except ValueError:
+        return False, "bad query string"
+    if not values:
+        return False, ""
+    if len(values) > 1 or values[0] not in ("true", "false"):
+        return False, "debug must be given once, as true or false"
+    return values[0] == "true", ""
+
+
+def result_of(scraped: Scraped) -> str:
+    """One line for the history: "up", or why not."""
+    for family in scraped.families:
+        if family.name == metrics.UP.name:
+            if any(sample.value == 1.0 for sample in family.samples):
+                return "up"
+            break
+    outcome = scraped.log.outcome
+    if outcome.startswith("down"):
+        return outcome
+    return "down: the scrape's deadline passed before the Polarity fetch finished"
+
+
+def _iso(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))
 
 
 def probe_target(query: str) -> tuple[str, str]:

@@ -45,7 +45,7 @@ SECRETS = (SECRET_KEY, SECRET_PASSWORD, "SECRET")
 URL = "https://polarity.example.com"
 BASE: dict[str, Any] = {"url": URL, "api_key": SECRET_KEY}
 STRING_KEYS = ("url", "username", "username_file", "password", "password_file", "api_key",
-               "api_key_file", "ca_file")
+               "api_key_file", "ca_file", "proxy_url")
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_defaults_equal_the_cli_flag_defaults(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(name, raising=False)
     flags = command.make_context("polarity-exporter", []).params  # parsed, not run
     defaults = {f.name: f.default for f in fields(PolarityConfig)
-                if f.name not in ("url", "credentials")}
+                if f.name not in ("url", "credentials", "errors", "error_events")}
     assert defaults == {name: flags[name] for name in defaults}
 
 
@@ -267,7 +267,15 @@ WRONG_VALUES: dict[str, list[object]] = {
     "timeout": ["ten", True, 0, 0.05, -1, math.nan, math.inf, -math.inf, 10**400, [1], 301],
     "page_size": [0, 10001, -1, 1.5, 200.0, True, "0x10", "1:30", 10**400],
     "max_concurrency": [0, 65, 10.0, False, "1e1"],
+    "collectors": ["errors", [], ["errors"], ["integrations", "metrics"], [1],
+                   {"integrations": True}, True],
+    "error_events": ["true", "yes please", 1, ["x"]],
 }
+BAD_PROXY_URLS = ["socks5://proxy.example.com:1080", "http://", "proxy.example.com:3128",
+                  f"http://u:{SECRET_PASSWORD}@proxy.example.com:99999",
+                  f"http://u:{SECRET_PASSWORD}@proxy.example.com/path",
+                  f"http://u:{SECRET_PASSWORD}@proxy.example.com/?a=1",
+                  f"https://u:{SECRET_PASSWORD}@[::1", f"http://u:{SECRET_PASSWORD}@p x:3128"]
 BAD_URLS = ["polarity.example.com", "ftp://polarity.example.com", "https://",
             f"https://user:{SECRET_PASSWORD}@polarity.example.com",
             f"https://{SECRET_PASSWORD}@polarity.example.com", "https://x/?a=1", "https://x#top",
@@ -328,6 +336,8 @@ def matrix() -> list[Any]:
     add("null-url", Case(one({"url": None, "api_key": SECRET_KEY}), "lab", "url"))
     for url in BAD_URLS:
         add(f"url={url!r}", Case(one({**BASE, "url": url}), "lab", "url"))
+    for index, url in enumerate(BAD_PROXY_URLS):
+        add(f"proxy_url-{index}", Case(one({**BASE, "proxy_url": url}), "lab", "proxy_url"))
     for body, key in BOTH_CREDENTIALS:
         add(f"both-{'+'.join(body)}", Case(one({"url": URL, **body}), "lab", key))
     for index, (body, key) in enumerate(PARTIAL_CREDENTIALS):
