@@ -109,7 +109,9 @@ def api_key(key: str) -> ApiKey:
 def running_exporter(url: str | None, credentials: Credentials | None, *, timeout: float = 3.0,
                      page_size: int = 200, max_concurrency: int = 10, ca_file: str | None = None,
                      insecure: bool = False, security: Any = None, cache_ttl: float = 0.0,
-                     offset: float = 0.5, targets_file: str | None = None) -> Iterator[Running]:
+                     offset: float = 0.5, targets_file: str | None = None,
+                     collector: CollectorConfig | None = None, history_limit: int = 100,
+                     proxy_url: str | None = None) -> Iterator[Running]:
     """An exporter bound to a free port on 127.0.0.1, serving until the block ends: for the
     server at `url` on /metrics, and the targets of `targets_file` on /probe."""
     capture = LogCapture()
@@ -122,13 +124,15 @@ def running_exporter(url: str | None, credentials: Credentials | None, *, timeou
         assert credentials is not None
         polarity = PolarityConfig(url=url, credentials=credentials, ca_file=ca_file,
                                   insecure_skip_verify=insecure, timeout=timeout,
-                                  page_size=page_size, max_concurrency=max_concurrency)
+                                  page_size=page_size, max_concurrency=max_concurrency,
+                                  proxy_url=proxy_url)
     config = Config(
         polarity=polarity,
-        collector=CollectorConfig(),
+        collector=collector or CollectorConfig(),
         web=ServerConfig(host="127.0.0.1", port=0, timeout_offset=offset, security=security),
         cache_ttl=cache_ttl,
         targets_file=targets_file,
+        history_limit=history_limit,
     )
     try:
         exporter = build_exporter(config)

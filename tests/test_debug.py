@@ -1,0 +1,363 @@
+"""`?debug=true` on /metrics and /probe, the recent scrapes on `/`, and `/logs?id=N`: what a
+fetch did, read over real HTTP from an exporter scraping the real simulator (issue 21).
+
+The secrets test is a matrix: every fault that makes the exporter log, for each kind of
+credential, with secrets generated per case; no secret may show in the debug output, the
+history's logs, the landing page, /metrics or the exporter's own log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import string
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import CREDS, SIM_PASSWORD, SIM_USER
+from inproc import Running, running_exporter
+from reference import parse
+
+from polarity_exporter import fetchlog
+from polarity_exporter.config import ApiKey, Password
+from polarity_exporter.fetchlog import FetchLog
+from polarity_exporter.history import MAX_RESULT, History
+from polarity_exporter.simulator import Request, Response, Simulator, SimulatorConfig
+from polarity_exporter.simulator import faults as F
+
+METRICS_HEAD = "Metrics that would have been returned:\n\n"
+
+
+def debug(running: Running, path: str = "/metrics", **params: str) -> tuple[str, str]:
+    """(the log part, the metrics part) of a debug answer."""
+    response = running.session.get(f"{running.url}{path}",
+                                   params={**params, "debug": "true"}, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    log, sep, metrics = response.text.partition(METRICS_HEAD)
+    assert sep, response.text[:500]
+    return log, metrics
+
+
+def series(text: str) -> set[tuple[str, frozenset[tuple[str, str]]]]:
+    return {(name, labels) for name, by_labels in parse(text).items() for labels in by_labels}
+
+
+# --- what the log says ---------------------------------------------------------------------
+
+def test_debug_metrics_logs_each_request_with_method_path_status_bytes_and_time(
+        exp: Running) -> None:
+    log, _ = debug(exp)
+    login = re.search(r"POST /api/users/login -> HTTP 200, (\d+) bytes, \d+ ms", log)
+    page = re.search(r"GET /api/integrations\?page\[size\]=200&page\[number\]=1 -> HTTP 200, "
+                     r"(\d+) bytes, \d+ ms", log)
+    errors = re.search(r"GET /api/integrations/errors -> HTTP 200, (\d+) bytes, \d+ ms", log)
+    assert login and page and errors, log
+    assert int(page.group(1)) > 1000 and int(errors.group(1)) > 1000
+
+
+def test_debug_log_names_the_token_events_pages_parts_and_outcome(exp: Running) -> None:
+    log, _ = debug(exp)
+    for needle in (f"logged in as {SIM_USER!r}", "/api/integrations: 1 pages of up to 200",
+                   "part authentication: ok", "part integrations: ok", "part errors: ok",
+                   "outcome: up"):
+        assert needle in log, (needle, log)
+
+
+def test_debug_metrics_are_the_metrics_the_same_scrape_answers(sim: Simulator) -> None:
+    # With --cache.ttl both answers come from one fetch: the same families, byte for byte but
+    # for the result's age and the process's own metrics.
+    with running_exporter(sim.url, CREDS, cache_ttl=60) as running:
+        plain = running.scrape().response.text
+        _, metrics = debug(running)
+    assert series(metrics) == series(plain)
+    def steady(text: str) -> list[str]:  # the result's age and the process's own change
+        return [line for line in text.splitlines()
+                if "polarity_scrape_result_age_seconds" not in line and "process_" not in line]
+    assert steady(metrics) == steady(plain)
+
+
+def test_scrapes_that_share_a_fetch_share_its_log(sim: Simulator) -> None:
+    with running_exporter(sim.url, CREDS, cache_ttl=60) as running:
+        first, _ = debug(running)
+        second, _ = debug(running)
+    assert first == second
+    assert first.count("POST /api/users/login") == 1
+    assert sim.counts[("GET", "/api/integrations")] == 1
+
+
+def test_debug_log_shows_a_retry_and_its_pause(sim: Simulator, exp: Running) -> None:
+    sim.faults = F.first(1, F.status(503, F.on()), F.on(F.INTEGRATIONS))
+    log, metrics = debug(exp)
+    assert "-> HTTP 503" in log and "retry 1 of 2 after 0.2s" in log
+    assert "polarity_up 1.0" in metrics
+
+
+def test_debug_log_shows_a_429_and_its_retry_after_wait(sim: Simulator, exp: Running) -> None:
+    sim.faults = F.first(1, F.status(429, F.on(), headers={"Retry-After": "1"}),
+                         F.on(F.INTEGRATIONS))
+    log, metrics = debug(exp, headers={"X-Prometheus-Scrape-Timeout-Seconds": "5"})
+    assert "-> HTTP 429, Retry-After 1" in log
+    assert "waiting" in log and "Retry-After" in log
+    assert "polarity_up 1.0" in metrics
+
+
+def test_debug_log_shows_a_401_and_the_login_after_it(sim: Simulator, exp: Running) -> None:
+    assert exp.scrape().up == 1.0
+    sim.revoke_tokens()
+    log, _ = debug(exp)
+    assert "HTTP 401 with the current token: logging in again" in log
+    assert log.index("logging in again") < log.index(f"logged in as {SIM_USER!r}")
+
+
+def test_debug_log_says_which_part_failed_and_why(sim: Simulator, exp: Running) -> None:
+    sim.faults = F.status(403, F.on(F.ERRORS))
+    log, metrics = debug(exp)
+    assert re.search(r"part errors: failed: .*HTTP 403", log), log
+    assert 'polarity_scrape_collector_success{collector="errors"} 0.0' in metrics
+
+
+def test_debug_probe_logs_the_targets_fetch(sim: Simulator, tmp_path: Path) -> None:
+    targets = tmp_path / "targets.yml"
+    targets.write_text(json.dumps({"targets": {"lab": {
+        "url": sim.url, "username": SIM_USER, "password": SIM_PASSWORD}}}))
+    with running_exporter(None, None, targets_file=str(targets)) as running:
+        log, metrics = debug(running, "/probe", target="lab")
+    assert "target lab" in log and "part integrations: ok" in log
+    assert "polarity_up 1.0" in metrics
+
+
+@pytest.mark.parametrize("query", ["debug=yes", "debug=true&debug=true", "debug=", "debug=1"])
+def test_debug_other_than_true_or_false_is_a_400(exp: Running, query: str) -> None:
+    response = exp.session.get(f"{exp.url}/metrics?{query}", timeout=10)
+    assert response.status_code == 400 and "debug" in response.text
+
+
+def test_debug_false_is_a_normal_scrape(exp: Running) -> None:
+    response = exp.session.get(f"{exp.url}/metrics?debug=false", timeout=10)
+    assert response.status_code == 200 and METRICS_HEAD not in response.text
+    assert "polarity_up 1.0" in response.text
+
+
+# --- the log's bounds ------------------------------------------------------------------------
+
+def test_fetch_log_keeps_at_most_max_lines_and_says_how_many_were_cut() -> None:
+    log = FetchLog()
+    for number in range(fetchlog.MAX_LINES + 37):
+        log.add(f"line {number}")
+    lines = log.text().splitlines()
+    assert len(lines) == fetchlog.MAX_LINES + 1
+    assert lines[-1].startswith("... 37 more lines cut")
+
+
+def test_fetch_log_keeps_at_most_max_bytes() -> None:
+    log = FetchLog()
+    for _ in range(200):
+        log.add("x" * 5000)  # each line cut to MAX_LINE characters
+    text = log.text()
+    kept = text.splitlines()[:-1]
+    assert len(text.encode()) <= fetchlog.MAX_BYTES + 200
+    assert all(len(line) <= fetchlog.MAX_LINE + 20 for line in kept)
+    assert "more lines cut" in text.splitlines()[-1]
+
+
+def test_fetch_log_lines_are_single_lines() -> None:
+    log = FetchLog()
+    log.add("two\nlines\r\nand\ttabs")
+    assert log.text().count("\n") == 1
+
+
+def test_a_fetch_of_more_requests_than_the_log_holds_ends_with_the_cut_line() -> None:
+    with Simulator(SimulatorConfig(users={SIM_USER: SIM_PASSWORD}, integrations=520,
+                                   errors=10)) as sim, \
+            running_exporter(sim.url, CREDS, page_size=1, timeout=30) as running:
+        log, metrics = debug(running, headers={"X-Prometheus-Scrape-Timeout-Seconds": "30"})
+    assert "polarity_up 1.0" in metrics
+    lines = log.strip().splitlines()
+    assert re.match(r"\.\.\. \d+ more lines cut", lines[-1]), lines[-3:]
+    assert len(lines) <= fetchlog.MAX_LINES + 4  # the heading, a blank line, the cut line
+
+
+# --- recent scrapes --------------------------------------------------------------------------
+
+def landing(running: Running, **kwargs: Any) -> str:
+    response = running.session.get(f"{running.url}/", timeout=10, **kwargs)
+    assert response.status_code == 200
+    return response.text
+
+
+def log_links(page: str) -> list[str]:
+    return re.findall(r'href="(/logs\?id=\d+)"', page)
+
+
+def test_landing_page_lists_recent_scrapes_newest_first_with_their_results(
+        sim: Simulator, exp: Running) -> None:
+    assert exp.scrape().up == 1.0
+    sim.faults = F.status(500, F.on(F.INTEGRATIONS))
+    assert exp.scrape().up == 0.0
+    page = landing(exp)
+    rows = re.findall(r"<tr><td>.*?</tr>", page)
+    assert len(rows) == 2
+    assert "down: integrations:" in rows[0] and "HTTP 500" in rows[0]
+    assert ">up<" in rows[1]
+    assert all("/metrics" in row for row in rows)
+
+
+def test_a_log_link_shows_that_scrapes_log(sim: Simulator, exp: Running) -> None:
+    sim.faults = F.status(403, F.on(F.ERRORS))
+    exp.scrape()
+    (link,) = log_links(landing(exp))
+    text = exp.session.get(f"{exp.url}{link}", timeout=10).text
+    assert text.startswith("Scrape 0 of /metrics")
+    assert "part errors: failed" in text and "GET /api/integrations/errors -> HTTP 403" in text
+
+
+def test_history_keeps_only_the_limit(sim: Simulator) -> None:
+    with running_exporter(sim.url, CREDS, history_limit=3) as running:
+        for _ in range(5):
+            running.scrape()
+        links = log_links(landing(running))
+        assert links == ["/logs?id=4", "/logs?id=3", "/logs?id=2"]
+        gone = running.session.get(f"{running.url}/logs?id=1", timeout=10)
+    assert gone.status_code == 404
+
+
+def test_history_limit_zero_keeps_nothing(sim: Simulator) -> None:
+    with running_exporter(sim.url, CREDS, history_limit=0) as running:
+        running.scrape()
+        page = landing(running)
+    assert log_links(page) == [] and "--history.limit 0" in page
+
+
+@pytest.mark.parametrize("ident", ["", "x", "-1", "99", "1" * 40, "0&id=1"])
+def test_logs_of_an_unknown_id_is_a_404(exp: Running, ident: str) -> None:
+    exp.scrape()
+    response = exp.session.get(f"{exp.url}/logs?id={ident}", timeout=10)
+    assert response.status_code == 404 if ident != "0&id=1" else response.status_code in (200,
+                                                                                         404)
+
+
+def test_history_memory_is_bounded_by_the_limit() -> None:
+    history = History(limit=5)
+    log = FetchLog()
+    for number in range(1000):
+        history.add("t", "down: " + "x" * 10_000, 0.1, log)
+        assert len(history.entries()) == min(number + 1, 5)
+    assert all(len(entry.result) <= MAX_RESULT for entry in history.entries())
+
+
+def test_landing_page_escapes_what_polarity_said(sim: Simulator, exp: Running) -> None:
+    hostile = b'{"errors":[{"detail":"<script>alert(1)</script><a href=x>"}]}'
+    sim.faults = F.status(500, F.on(F.INTEGRATIONS), body=hostile)
+    exp.scrape()
+    page = landing(exp)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_probes_are_in_the_history_under_their_target(sim: Simulator, tmp_path: Path) -> None:
+    targets = tmp_path / "targets.yml"
+    targets.write_text(json.dumps({"targets": {"lab": {
+        "url": sim.url, "username": SIM_USER, "password": SIM_PASSWORD}}}))
+    with running_exporter(None, None, targets_file=str(targets)) as running:
+        assert running.probe("lab").up == 1.0
+        running.scrape()  # /metrics asks no Polarity server here: not a scrape to list
+        page = landing(running)
+    rows = re.findall(r"<tr><td>.*?</tr>", page)
+    assert len(rows) == 1 and "<td>lab</td>" in rows[0] and ">up<" in rows[0]
+
+
+# --- secrets: every fault that logs x every kind of credential ------------------------------
+
+ALPHABET = string.ascii_letters + string.digits + "!#$%&'()*+,-./:;<=>?@[]^_`{|}~ \"\\"
+
+
+def generated_secret(prefix: str) -> str:
+    """A secret with the characters that escape differently in URLs, JSON and logfmt."""
+    return prefix + "".join(secrets.choice(ALPHABET) for _ in range(24)) + secrets.token_hex(4)
+
+
+def forms(secret: str) -> list[str]:
+    """The secret, and how it would look escaped in JSON or a URL."""
+    from urllib.parse import quote, quote_plus
+    return list({secret, json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)})
+
+
+# The faults on the way of a scrape that make the exporter log (and write its fetch log).
+LOGGED_FAULTS = {
+    "login-401": F.status(401, F.on(F.LOGIN)),
+    "login-429": F.status(429, F.on(F.LOGIN), headers={"Retry-After": "30"}),
+    "login-500": F.status(500, F.on(F.LOGIN)),
+    "listing-401-once": F.first(1, F.status(401, F.on()), F.on(F.INTEGRATIONS)),
+    "listing-403": F.status(403, F.on(F.INTEGRATIONS)),
+    "listing-503-retried": F.first(1, F.status(503, F.on()), F.on(F.INTEGRATIONS)),
+    "listing-redirect": F.status(302, F.on(F.INTEGRATIONS),
+                                 headers={"Location": "https://elsewhere.example/login?next=x"}),
+    "listing-truncated": F.truncate(0.5, F.on(F.INTEGRATIONS)),
+    "listing-not-json": F.body(b"<html>oops</html>", F.on(F.INTEGRATIONS), "text/html"),
+    "listing-cut": F.cut(100, F.on(F.INTEGRATIONS)),
+    "listing-reset": F.reset(F.on(F.INTEGRATIONS)),
+    "listing-hang": F.hang(30, F.on(F.INTEGRATIONS)),
+    "errors-403": F.status(403, F.on(F.ERRORS)),
+    "errors-429": F.status(429, F.on(F.ERRORS), headers={"Retry-After": "1"}),
+    "errors-trickle": F.trickle(0.2, F.on(F.ERRORS)),
+    "errors-garbage": F.body(b'{"data": [1, "x", {"attributes": 7}]}', F.on(F.ERRORS)),
+}
+
+
+@pytest.fixture(params=["password", "api_key"])
+def credential_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def secret_sim(credential_kind: str) -> Iterator[tuple[Simulator, Password | ApiKey, TokenTap]]:
+    password, key = generated_secret("pw-"), generated_secret("key-").replace(" ", "_")
+    key = "".join(ch for ch in key if 0x21 <= ord(ch) <= 0x7e)  # a header-safe API key
+    config = SimulatorConfig(users={SIM_USER: password}, api_keys={key: 4e9},
+                             token_lifetime=2)
+    credentials: Password | ApiKey = Password(SIM_USER, password) \
+        if credential_kind == "password" else ApiKey(key)
+    with Simulator(config) as sim:
+        yield sim, credentials, TokenTap()
+
+
+class TokenTap:
+    """TEST-ONLY hook: remembers every token the simulator hands out."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Request, response: Response) -> Response:
+        if request.path in (F.LOGIN, F.REFRESH) and response.status == 200:
+            with self._lock:
+                self.tokens.append(json.loads(b"".join(response.chunks))["data"]["token"])
+        return response
+
+
+@pytest.mark.parametrize("fault", list(LOGGED_FAULTS))
+def test_no_secret_in_debug_output_history_or_logs_whatever_fails(
+        secret_sim: tuple[Simulator, Password | ApiKey, TokenTap], fault: str) -> None:
+    sim, credentials, tap = secret_sim
+    sim.faults = F.chain(tap, LOGGED_FAULTS[fault])
+    with running_exporter(sim.url, credentials, timeout=1.5) as running:
+        places = {"debug": running.session.get(f"{running.url}/metrics?debug=true",
+                                                timeout=30).text,
+                  "metrics": running.scrape(timeout=1.5).response.text}
+        page = landing(running)
+        places["landing"] = page
+        for link in log_links(page):
+            places[link] = running.session.get(f"{running.url}{link}", timeout=10).text
+        places["log"] = running.logs.text()
+    assert "Scrape 0 of /metrics" in places["/logs?id=0"]
+    secret_values = [credentials.password if isinstance(credentials, Password)
+                     else credentials.key, *tap.tokens]
+    for secret in secret_values:
+        for form in forms(secret):
+            for where, text in places.items():
+                assert form not in text, f"a secret leaked into {where} ({fault})"
