@@ -50,6 +50,7 @@ from test_prometheus_e2e import (
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
 NAMES = {"prod": 11, "lab": 12, "emea": 13}  # target name -> simulator seed
+STATUS_ONLY = "emea"  # configured with `collectors: [integrations]`: no errors request
 
 
 def readme_scrape_config(exporter_address: str) -> dict[str, Any]:
@@ -92,7 +93,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         for sim in sims.values():
             sim.start()
         (tmp / "targets.yml").write_text(yaml.safe_dump({"targets": {
-            name: {"url": sim.url, "username": SIM_USER, "password": SIM_PASSWORD}
+            name: {"url": sim.url, "username": SIM_USER, "password": SIM_PASSWORD,
+                   **({"collectors": ["integrations"]} if name == STATUS_ONLY else {})}
             for name, sim in sims.items()}}))
         exporter_address = f"127.0.0.1:{free_port()}"
         exporter = subprocess.Popen(
@@ -148,7 +150,7 @@ def test_overview_panels_match_each_targets_dataset(fleet: Fleet, name: str) -> 
     view = fleet.view(name)
     variables = {"job": grafana_regex(fleet.job), "instance": grafana_regex(name),
                  "integration": ".+"}
-    ctx = Ctx(stack=view, exp=expected_for(view.sim))
+    ctx = Ctx(stack=view, exp=expected_for(view.sim, errors_read=name != STATUS_ONLY))
     for title, panel, target in targets(board):
         CHECKS[(board["uid"], title, target["refId"])](
             run_target(view, panel, target, variables), ctx)
@@ -158,7 +160,7 @@ def test_overview_panels_match_each_targets_dataset(fleet: Fleet, name: str) -> 
 def test_integration_panels_match_each_targets_dataset(fleet: Fleet, name: str) -> None:
     board = load_dashboard("polarity-integration.json")
     view = fleet.view(name)
-    expected = expected_for(view.sim)
+    expected = expected_for(view.sim, errors_read=name != STATUS_ONLY)
     for integration_id in expected.names:
         variables = {"job": grafana_regex(fleet.job), "instance": grafana_regex(name),
                      "integration": grafana_regex(integration_id)}
@@ -181,6 +183,24 @@ def test_the_not_running_alert_fires_per_target(fleet: Fleet) -> None:
                 and a["state"] in ("pending", "firing")}
 
     _wait_for("PolarityIntegrationNotRunning alerts of every target", lambda: active() == wanted)
+
+
+def test_a_status_only_target_makes_no_errors_request_and_raises_no_errors_alert(
+        fleet: Fleet) -> None:
+    assert fleet.sims[STATUS_ONLY].counts[("GET", "/api/integrations/errors")] == 0
+    assert all(sim.counts[("GET", "/api/integrations/errors")] > 0
+               for name, sim in fleet.sims.items() if name != STATUS_ONLY)
+    view = fleet.view("prod")
+    errors_part = view.instant('polarity_scrape_collector_success{collector="errors"}')
+    assert {s["metric"]["instance"] for s in errors_part} == set(NAMES) - {STATUS_ONLY}
+    # Every alert rule's expression that reads an error metric sees nothing of it: the error
+    # metrics are absent for it, not zero.
+    rules = [rule for group in view.api("rules")["groups"] for rule in group["rules"]
+             if rule.get("type") == "alerting" and "error" in rule["query"]]
+    assert rules
+    for rule in rules:
+        fired = view.instant(rule["query"])
+        assert STATUS_ONLY not in {s["metric"].get("instance") for s in fired}, rule["name"]
 
 
 def test_the_exporters_metrics_count_the_probes_of_every_target(fleet: Fleet) -> None:
