@@ -46,6 +46,7 @@ def one_line(text: str) -> str:
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
 _ERRNO = re.compile(r"\[Errno -?\d+\]\s*([^'\"\)]+)")
+_TUNNEL = re.compile(r"Tunnel connection failed: (\d{3}[^'\"\)]*)")
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -55,6 +56,14 @@ def describe_exception(exc: BaseException) -> str:
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return "TLS certificate verify failed (set --polarity.ca-file to the server's CA)"
         return "TLS handshake failed"
+    if isinstance(exc, requests.exceptions.ProxyError):
+        # The upstream proxy, not Polarity: say so, with its status or the socket's reason.
+        # (The message never carries the proxy's URL or credentials: only these parts of it.)
+        tunnel = _TUNNEL.search(text)
+        if tunnel:
+            return f"the proxy refused the tunnel: {tunnel.group(1).strip()[:80]}"
+        errno = _ERRNO.search(text)
+        return "cannot connect to the proxy" + (f": {errno.group(1).strip()}" if errno else "")
     timeouts = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
     if isinstance(exc, timeouts):
         return "timed out"
