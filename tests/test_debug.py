@@ -361,3 +361,17 @@ def test_no_secret_in_debug_output_history_or_logs_whatever_fails(
         for form in forms(secret):
             for where, text in places.items():
                 assert form not in text, f"a secret leaked into {where} ({fault})"
+
+
+def test_landing_page_and_logs_sit_behind_the_same_basic_auth(sim: Simulator) -> None:
+    import bcrypt
+
+    from polarity_exporter.webconfig import WebSecurity
+    security = WebSecurity(basic_auth_users={"viewer": bcrypt.hashpw(b"pw", bcrypt.gensalt(4))})
+    with running_exporter(sim.url, CREDS, security=security) as running:
+        running.session.auth = ("viewer", "pw")
+        running.scrape()
+        for path in ("/", "/logs?id=0", "/metrics?debug=true"):
+            anonymous = requests.get(f"{running.url}{path}", timeout=10)
+            assert anonymous.status_code == 401, path
+            assert running.session.get(f"{running.url}{path}", timeout=10).status_code == 200
