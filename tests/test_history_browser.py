@@ -22,7 +22,6 @@ from polarity_exporter.simulator import Simulator
 from polarity_exporter.simulator import faults as F
 from polarity_exporter.webconfig import WebSecurity
 
-
 VIEWER, VIEWER_PASSWORD = "viewer", "landing-page-password"
 
 
