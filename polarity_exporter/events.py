@@ -52,6 +52,7 @@ class Read:
     batch: list[ErrorRecord] = field(default_factory=list)
     seen: dict[Key, _Seen] = field(default_factory=dict)
     records: int = 0
+    unwritten: int = 0  # news beyond MAX_EVENTS_PER_SCRAPE
 
 
 class ErrorEvents:
@@ -78,20 +79,24 @@ class ErrorEvents:
                 now = _Seen(record.count, record.occurred_on)
                 seen[key] = now
                 before = known.get(key) if known is not None else None
-                if before != now and len(batch) <= MAX_EVENTS_PER_SCRAPE:
-                    if known is not None or (record.occurred_on or 0.0) >= replay_from:
+                if before != now and (known is not None or
+                                      (record.occurred_on or 0.0) >= replay_from):
+                    if len(batch) < MAX_EVENTS_PER_SCRAPE:
                         batch.append(record)
+                    else:
+                        read.unwritten += 1
             yield record
 
     def commit(self, read: Read, names: dict[str, str]) -> None:
         """After a successful read: write its events, keep its state."""
         previous, batch, records = self._known, read.batch, read.records
         self._known = read.seen
-        for record in batch[:MAX_EVENTS_PER_SCRAPE]:
+        for record in batch:
             self._write(record, previous, names)
-        if len(batch) > MAX_EVENTS_PER_SCRAPE:
+        if read.unwritten:
             log.warning("error events: more changed records than one scrape writes",
-                        extra={"target": self.target, "written": MAX_EVENTS_PER_SCRAPE})
+                        extra={"target": self.target, "written": len(batch),
+                               "not_written": read.unwritten})
         if records > MAX_TRACKED:
             log.warning("error events: records beyond the state's bound are not followed",
                         extra={"target": self.target, "not_followed": records - MAX_TRACKED})

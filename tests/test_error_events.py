@@ -156,7 +156,8 @@ def test_events_off_by_default(sim: Simulator, exp: Running) -> None:
 
 
 def test_at_most_max_events_per_scrape_and_a_warning_counts_them(
-        monkeypatch: pytest.MonkeyPatch, edited: tuple[Edits, Running]) -> None:
+        monkeypatch: pytest.MonkeyPatch, sim: Simulator,
+        edited: tuple[Edits, Running]) -> None:
     monkeypatch.setattr(events, "MAX_EVENTS_PER_SCRAPE", 3)
     edits, running = edited
     scrape_events(running)
@@ -166,7 +167,8 @@ def test_at_most_max_events_per_scrape_and_a_warning_counts_them(
             record["attributes"]["error-count"] += 1
     edits.edits.append(grow_all)
     assert len(scrape_events(running)) == 3
-    assert running.logs.matching("more changed records than one scrape writes")
+    (warning,) = running.logs.matching("more changed records than one scrape writes")
+    assert f"not_written={len(sim.dataset.errors) - 3}" in warning
 
 
 # --- the replay rule and the state, on the records themselves -------------------------------
