@@ -375,3 +375,14 @@ def test_landing_page_and_logs_sit_behind_the_same_basic_auth(sim: Simulator) ->
             anonymous = requests.get(f"{running.url}{path}", timeout=10)
             assert anonymous.status_code == 401, path
             assert running.session.get(f"{running.url}{path}", timeout=10).status_code == 200
+
+
+def test_debug_log_shows_a_token_refresh(exp: Running) -> None:
+    import time
+    assert exp.scrape().up == 1.0
+    assert exp.exporter.polarity is not None
+    auth = exp.exporter.polarity.client.auth
+    auth.clock = lambda: time.time() + 3590  # the token is near its expiry: refresh it
+    log, _ = debug(exp)
+    assert re.search(r"GET /api/users/refresh -> HTTP 200, \d+ bytes", log), log
+    assert "token refreshed (token expires" in log
