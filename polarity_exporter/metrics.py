@@ -51,7 +51,10 @@ class Family:
     def new(self, **values: object) -> Metric:
         """An empty family to append samples to (named `self.name`)."""
         text = self.help.format(**values) if values else self.help
-        return Metric(self.base, text, self.kind)
+        # OpenMetrics' `# UNIT` line, as prometheus_client writes it for a family with a unit:
+        # every `_seconds` family here is in seconds.
+        unit = "seconds" if self.base.endswith("_seconds") else ""
+        return Metric(self.base, text, self.kind, unit)
 
 
 OTHER = "other"  # the label value that folded codes and orphan ids share

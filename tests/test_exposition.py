@@ -55,7 +55,8 @@ def families(draw: Any) -> list[Any]:
     for index in range(draw(st.integers(1, 4))):
         names = draw(st.lists(label_names, unique=True, max_size=3))
         kind = draw(st.sampled_from([GaugeMetricFamily, CounterMetricFamily]))
-        family = kind(f"family_{index}", draw(text), labels=names)
+        unit = draw(st.sampled_from(["", "seconds", "bytes"]))
+        family = kind(f"family_{index}", draw(text), labels=names, unit=unit)
         shared: dict[str, str] | None = None
         for _ in range(draw(st.integers(0, 5))):
             labels = {name: draw(text) for name in names}
@@ -90,10 +91,19 @@ def test_families_outside_the_simple_shape_are_encoded_by_prometheus_client() ->
     same_as_prometheus_client([plain, timestamped, info, histogram, created, plain])
 
 
+# The Accept headers Prometheus sends by default, literally: 2.x (2.42, Debian's), and 3.x with
+# its default scrape_protocols (OpenMetricsText1.0.0, OpenMetricsText0.0.1,
+# PrometheusText1.0.0, PrometheusText0.0.4). No Prometheus 3 runs here: these fix the headers.
+PROMETHEUS_2_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                       "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+PROMETHEUS_3_ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+                       "application/openmetrics-text;version=0.0.1;q=0.5,"
+                       "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+                       "text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+
+
 @pytest.mark.parametrize("accept", [
-    "", "text/plain", "*/*",
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "", "text/plain", "*/*", PROMETHEUS_2_ACCEPT, PROMETHEUS_3_ACCEPT,
     "application/openmetrics-text; version=0.0.1"])
 def test_negotiation_picks_the_format_prometheus_client_picks(accept: str) -> None:
     from prometheus_client.exposition import choose_encoder
@@ -112,3 +122,41 @@ def test_negotiation_picks_the_format_prometheus_client_picks(accept: str) -> No
 def test_an_odd_accept_header_gets_a_fixed_content_type_never_an_error(accept: str) -> None:
     _, content_type = choose(accept)
     assert content_type in (TEXT_TYPE, OPENMETRICS_TYPE)
+
+
+@pytest.mark.parametrize("accept", [PROMETHEUS_2_ACCEPT, PROMETHEUS_3_ACCEPT],
+                         ids=["prometheus-2", "prometheus-3"])
+def test_prometheus_gets_openmetrics_1_0_with_a_content_type_it_accepts(accept: str) -> None:
+    encoder, content_type = choose(accept)
+    media, *params = [part.strip() for part in content_type.split(";")]
+    assert media == "application/openmetrics-text"
+    assert "version=1.0.0" in params and "charset=utf-8" in params
+    # Prometheus 3 asked for allow-utf-8 escaping; names here are all legacy names, so the
+    # answer says underscores, which every Prometheus reads.
+    assert "escaping=underscores" in params
+    assert encoder is encode_openmetrics
+
+
+def test_the_exporters_seconds_families_carry_a_unit_line_as_prometheus_client_writes() -> None:
+    from polarity_exporter import metrics
+
+    made = []
+    for spec in metrics.CATALOGUE:
+        family = spec.new() if "{" not in spec.help else spec.new(ttl="5")
+        family.samples.append(Sample(spec.name, {}, 1.0)) if not spec.labels else None
+        made.append(family)
+    same_as_prometheus_client(made)
+    text = encode_openmetrics(made).decode()
+    seconds = [spec.base for spec in metrics.CATALOGUE if spec.base.endswith("_seconds")]
+    assert seconds
+    for name in seconds:
+        assert f"# UNIT {name} seconds\n" in text
+    assert text.count("# UNIT ") == len(seconds)
+
+
+@pytest.mark.parametrize("value, written", [(1e10, "1e+10"), (1.5e16, "1.5e+16"),
+                                            (123456789.0, "1.23456789e+08"), (0.5, "0.5")])
+def test_large_numbers_are_written_as_go_writes_them(value: float, written: str) -> None:
+    family = GaugeMetricFamily("g", "gauge", value=value)
+    assert f"g {written}\n".encode() in encode_text([family])
+    same_as_prometheus_client([family])
