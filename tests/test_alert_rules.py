@@ -104,7 +104,6 @@ def test_runbook_has_the_linked_section_with_threshold_and_for(rule: dict[str, A
 def test_integration_alerts_name_the_integration(rule: dict[str, Any]) -> None:
     assert "polarity_integration_info" in rule["expr"]
     assert "group_left(name, acronym" in rule["expr"]
-    assert "{{ $labels.name }}" in rule["annotations"]["summary"]
     assert "{{ $labels.name }}" in rule["annotations"]["description"]
 
 
@@ -116,3 +115,57 @@ def test_readme_alert_table_lists_every_alert_with_severity() -> None:
                     if line.startswith(f"| `{rule['alert']}`")), None)
         assert row is not None, f"README table lacks {rule['alert']}"
         assert rule["labels"]["severity"] in row and rule["for"] in row
+
+
+# mixtool's lint of alerts (pkg/mixer/lint.go, lintPrometheusAlertsGuidelines), ported: the
+# monitoring-mixin guidelines for alert names, labels and annotations. mixtool is Go and not
+# installable here; its regular expressions are copied as they are.
+CAMEL_CASE = re.compile(r"^([A-Z]+[a-z0-9]+)+$")
+GO_TEMPLATE = re.compile(r"\{\{.+}\}")
+SENTENCE = re.compile(r"^[A-Z].+\.$")
+
+
+def mixin_lint(rule: dict[str, Any]) -> list[str]:
+    """mixtool's findings for one alerting rule (Go's regexp: `.` stops at a newline)."""
+    name, annotations = rule["alert"], rule.get("annotations", {})
+    found = []
+    if not CAMEL_CASE.match(name):
+        found.append("alert-name-camelcase")
+    if rule.get("labels", {}).get("severity") not in ("warning", "critical", "info"):
+        found.append("alert-severity-rule")
+    if "description" not in annotations:
+        found.append("alert-description-missing-rule")
+    elif not GO_TEMPLATE.search(annotations["description"]):
+        found.append("alert-description-templating")
+    if "summary" not in annotations:
+        found.append("alert-summary-missing-rule")
+    else:
+        if GO_TEMPLATE.search(annotations["summary"]):
+            found.append("alert-summary-templating")
+        if not SENTENCE.match(annotations["summary"]):
+            found.append("alert-summary-style")
+    return found
+
+
+@pytest.mark.parametrize("rule", alerts(), ids=lambda r: r["alert"])
+def test_alert_passes_the_monitoring_mixin_lint(rule: dict[str, Any]) -> None:
+    assert mixin_lint(rule) == []
+
+
+@pytest.mark.parametrize("broken, finding", [
+    ({"alert": "polarity_down"}, "alert-name-camelcase"),
+    ({"labels": {"severity": "page"}}, "alert-severity-rule"),
+    ({"annotations": {"summary": "A sentence.", "description": "static"}},
+     "alert-description-templating"),
+    ({"annotations": {"summary": "Down on {{ $labels.instance }}.", "description": "{{ $value }}"}},
+     "alert-summary-templating"),
+    ({"annotations": {"summary": "no capital, no full stop", "description": "{{ $value }}"}},
+     "alert-summary-style"),
+    ({"annotations": {"description": "{{ $value }}"}}, "alert-summary-missing-rule"),
+])
+def test_the_ported_mixin_lint_finds_what_mixtool_finds(broken: dict[str, Any],
+                                                       finding: str) -> None:
+    good = {"alert": "PolarityAPIDown", "labels": {"severity": "critical"},
+            "annotations": {"summary": "The API is down.", "description": "{{ $labels.job }}"}}
+    assert mixin_lint(good) == []
+    assert finding in mixin_lint({**good, **broken})
