@@ -145,6 +145,7 @@ class ServerConfig:
     timeout_offset: float = 0.5
     shutdown_timeout: float = 10.0  # seconds scrapes in flight may take to finish on SIGTERM
     security: WebSecurity | None = None  # from --web.config.file: TLS and basic auth
+    security_file: str | None = None  # that file, read again when it changes (weblive.py)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import click
 from prometheus_client import ProcessCollector
@@ -72,7 +73,12 @@ class Exporter:
 
 def build_exporter(config: Config) -> Exporter:
     """Wire the exporter; a ConfigError (exit 2) when the targets file or the port is bad."""
-    security = config.web.security
+    security: Any = config.web.security
+    if security is not None:
+        from polarity_exporter.weblive import LiveWebConfig  # bcrypt, PyYAML: only when asked
+
+        # Read again when the file or a certificate it names changes (exporter-toolkit does).
+        security = LiveWebConfig(config.web.security_file, security)
     fleet: Fleet | None = None
     reloader: Reloader | None = None
     if config.targets_file is not None:
@@ -108,9 +114,9 @@ def build_exporter(config: Config) -> Exporter:
                       encoded=polarity.shared.encoded if polarity is not None else None,
                       fleet=fleet, reloader=reloader, history=History(config.history_limit),
                       history_target=config.web.telemetry_path if polarity is not None else None)
-    tls = security.ssl_context() if security is not None else None
+    tls = security is not None and security.tls
     try:
-        server = bind(app, config.web.host, config.web.port, tls=tls)
+        server = bind(app, config.web.host, config.web.port)
     except OSError as exc:
         for part in (polarity, fleet):
             if part is not None:

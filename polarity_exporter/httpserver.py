@@ -34,7 +34,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 
@@ -62,11 +62,33 @@ WORKERS = 24  # threads running requests: scrapes share one fetch, but each wait
 PIPELINE_BATCH = 64
 
 
+class TLSSource(Protocol):
+    """Where a new connection's TLS context comes from (weblive.LiveWebConfig)."""
+
+    def context(self) -> ssl.SSLContext: ...
+
+    def allows_peer(self, peer: dict[str, Any] | None) -> bool: ...
+
+
+class _Fixed:
+    """One context for the server's life."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+
+    def context(self) -> ssl.SSLContext:
+        return self._context
+
+    def allows_peer(self, peer: dict[str, Any] | None) -> bool:
+        return True
+
+
 class BoundedServer:
     """Serves one WSGI app on one listening socket; `serve_forever` in a thread of its own."""
 
     def __init__(self, app: WSGIApp, listener: socket.socket,
-                 tls: ssl.SSLContext | None = None, *, header_timeout: float = HEADER_TIMEOUT,
+                 tls: TLSSource | ssl.SSLContext | None = None, *,
+                 header_timeout: float = HEADER_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT, write_timeout: float | None = None,
                  max_connections: int = MAX_CONNECTIONS, workers: int = WORKERS,
                  inline_paths: frozenset[str] = frozenset()) -> None:
@@ -74,7 +96,8 @@ class BoundedServer:
         self._app = app
         self._listener = listener
         self._listener.setblocking(False)
-        self.tls = tls
+        # Asked for the context of each new connection: the web config may have changed.
+        self.tls: TLSSource | None = _Fixed(tls) if isinstance(tls, ssl.SSLContext) else tls
         self._timeouts = Timeouts(header_timeout, idle_timeout,
                                   WRITE_TIMEOUT if write_timeout is None else write_timeout)
         self._max_connections = max_connections
@@ -291,10 +314,14 @@ class BoundedServer:
                 return False
             assert self.tls is not None
             self._watch(conn, 0)
-            conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
-                                             do_handshake_on_connect=False)
+            conn.sock = self.tls.context().wrap_socket(conn.sock, server_side=True,
+                                                       do_handshake_on_connect=False)
             self._watch(conn, selectors.EVENT_READ)
         conn.sock.do_handshake()  # SSLWantReadError: not yet
+        assert self.tls is not None
+        if not self.tls.allows_peer(conn.sock.getpeercert()):
+            # client_allowed_sans: a verified certificate, but not one of the allowed names.
+            raise ConnectionResetError("client certificate names no allowed SAN")
         conn.tls_pending = False
         return True
 

@@ -31,7 +31,8 @@ from polarity_exporter.wsgi import RECEIVED, one_line_error
 if TYPE_CHECKING:  # webconfig needs bcrypt and PyYAML, loaded only with --web.config.file
     from polarity_exporter.scrapecache import Scraped
     from polarity_exporter.servers import Fleet, Reloader
-    from polarity_exporter.webconfig import BasicAuth, WebSecurity
+    from polarity_exporter.webconfig import WebSecurity
+    from polarity_exporter.weblive import LiveWebConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class ExporterApp:
 
     def __init__(self, scrape: Scrape, *, telemetry_path: str, default_timeout: float,
                  timeout_offset: float, landing: Landing,
-                 security: WebSecurity | None = None,
+                 security: WebSecurity | LiveWebConfig | None = None,
                  after_scrape: Callable[[], None] | None = None,
                  encoded: Callable[[float], None] | None = None,
                  fleet: Fleet | None = None, reloader: Reloader | None = None,
@@ -101,14 +102,15 @@ class ExporterApp:
         self._reload_waiters = threading.BoundedSemaphore(MAX_RELOAD_WAITERS)
         self._encoded = encoded  # told how long each answer took to encode
         self._after_scrape = after_scrape
-        self._security = security
-        # Built here, not in the configuration: it keeps a lock and a cache of checked
-        # credentials, state that belongs to the running endpoint.
-        self._basic_auth: BasicAuth | None = None
-        if security is not None and security.basic_auth_users:
-            from polarity_exporter.webconfig import BasicAuth  # needs bcrypt: only when asked
+        # The web config in effect, read again when its file changes (weblive.py); built here,
+        # not in the configuration: it keeps a cache of checked credentials and a rate
+        # limiter, state that belongs to the running endpoint.
+        self.web: LiveWebConfig | None = None
+        if security is not None:
+            from polarity_exporter.weblive import LiveWebConfig  # bcrypt, PyYAML: when asked
 
-            self._basic_auth = BasicAuth(security.basic_auth_users)
+            self.web = security if isinstance(security, LiveWebConfig) else \
+                LiveWebConfig(None, security)
         self._path = telemetry_path
         self._default_timeout = default_timeout
         self._offset = timeout_offset
@@ -162,15 +164,19 @@ class ExporterApp:
 
     def _handle(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO") or "/"
-        security = self._security
-        if security is None:
+        if self.web is None:
             return self._route(path, environ, start_response)
-        headers = list(security.headers.items())
+        state = self.web.current()
+        headers = list(state.security.headers.items())
 
         def respond(status: str, response_headers: list[tuple[str, str]]) -> Any:
             return start_response(status, [*response_headers, *headers])
 
-        auth = self._basic_auth
+        # rate_limit, as exporter-toolkit applies it (before authentication); the probes are
+        # exempt: a kubelet must never see its liveness probe refused.
+        if state.limiter is not None and path not in PROBES and not state.limiter.allow():
+            return _reply(respond, "429 Too Many Requests", b"Too Many Requests\n")
+        auth = state.basic_auth
         if auth is not None and path not in PROBES \
                 and not auth.check(environ.get("HTTP_AUTHORIZATION")):
             return _reply(respond, "401 Unauthorized", b"Unauthorized\n",
@@ -400,5 +406,9 @@ def _reply(start_response: StartResponse, status: str, body: bytes,
 
 def bind(app: ExporterApp, host: str, port: int, tls: ssl.SSLContext | None = None,
          **limits: Any) -> BoundedServer:
-    """Bind the listening socket; raises OSError with the system's reason."""
-    return BoundedServer(app, listen(host, port), tls, inline_paths=PROBES, **limits)
+    """Bind the listening socket; raises OSError with the system's reason. With a web config
+    that has TLS, each new connection takes the context in effect (the file may change)."""
+    source: Any = tls
+    if tls is None and app.web is not None and app.web.tls:
+        source = app.web
+    return BoundedServer(app, listen(host, port), source, inline_paths=PROBES, **limits)

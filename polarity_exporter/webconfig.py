@@ -2,10 +2,13 @@
 
 Operators of Go exporters already have these files; the same YAML works here:
 
-    tls_server_config: {cert_file, key_file, client_ca_file, client_auth_type,
-                        min_version, max_version}
+    tls_server_config: {cert_file | cert, key_file | key, client_ca_file | client_ca,
+                        client_auth_type, client_allowed_sans, min_version, max_version}
     http_server_config: {http2, headers}
     basic_auth_users: {username: bcrypt-hash}
+    rate_limit: {interval, burst}
+
+The file is read again when it, or a file it names, changes (weblive.py), as the toolkit does.
 
 Unknown keys are an error (a typo must not silently turn security off). Keys the toolkit knows
 but this exporter does not implement are an error too, naming the key. Relative paths are
@@ -17,7 +20,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
+import os
+import re
 import ssl
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +49,14 @@ HEADER_VALUES: dict[str, tuple[str, ...]] = {
     "content-security-policy": (),
 }
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version",
-             "max_version"}
-_TLS_UNSUPPORTED = {"cert", "key", "client_ca", "cipher_suites", "curve_preferences",
-                    "prefer_server_cipher_suites", "client_allowed_sans"}
+             "max_version", "cert", "key", "client_ca", "client_allowed_sans"}
+_TLS_UNSUPPORTED = {"cipher_suites", "curve_preferences", "prefer_server_cipher_suites"}
 _HTTP_KEYS = {"http2", "headers"}
-_TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
+_TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"}
+# Go durations as the toolkit's rate_limit.interval takes them (e.g. "1s", "100ms", "1m30s").
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Successful checks are remembered so that bcrypt (deliberately slow) runs once per credential,
 # not on every scrape; the key is a SHA-256 of the credential, never the credential itself.
 _CACHE_LIMIT = 1024
@@ -56,23 +66,75 @@ BCRYPT_CHECKS_AT_ONCE = 2  # of the HTTP workers, at most this many run bcrypt
 
 @dataclass(frozen=True)
 class TLSSettings:
-    cert_file: str
-    key_file: str
+    cert_file: str | None
+    key_file: str | None
     client_ca_file: str | None = None
     client_auth_type: str = "NoClientCert"
     min_version: str = "TLS12"
     max_version: str | None = None
+    # The toolkit's inline PEM alternatives to the three files (a key is a secret: no repr).
+    cert: str | None = None
+    key: str | None = field(default=None, repr=False)
+    client_ca: str | None = None
+    client_allowed_sans: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files this TLS setup reads: a change to any of them is a change of config."""
+        return tuple(f for f in (self.cert_file, self.key_file, self.client_ca_file) if f)
 
     def context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = TLS_VERSIONS[self.min_version]
         if self.max_version:
             context.maximum_version = TLS_VERSIONS[self.max_version]
-        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.cert is None and self.key is None:
+            assert self.cert_file and self.key_file
+            context.load_cert_chain(self.cert_file, self.key_file)
+        else:
+            _load_inline_chain(context, self)
         if self.client_ca_file:
             context.load_verify_locations(cafile=self.client_ca_file)
+        if self.client_ca:
+            context.load_verify_locations(cadata=self.client_ca)
         context.verify_mode = CLIENT_AUTH[self.client_auth_type]
         return context
+
+    def allows(self, peer: dict[str, Any] | None) -> bool:
+        """client_allowed_sans: the client certificate (if one was given) names one of them
+        among its DNS names, e-mail addresses, IP addresses or URIs, as the toolkit checks."""
+        if not self.client_allowed_sans or not peer:
+            return True
+        allowed = {_canonical(name) for name in self.client_allowed_sans}
+        return any(_canonical(value) in allowed
+                   for _kind, value in peer.get("subjectAltName", ()))
+
+
+def _canonical(name: str) -> str:
+    """An IP address in one spelling (Python writes IPv6 SANs uncompressed); else as is."""
+    try:
+        return str(ipaddress.ip_address(name.strip()))
+    except ValueError:
+        return name.strip()
+
+
+def _load_inline_chain(context: ssl.SSLContext, tls: TLSSettings) -> None:
+    """Python's ssl loads a certificate chain from files only: the inline PEM goes to a private
+    temporary directory (0700, files 0600) for the moment of loading, then is removed."""
+    with tempfile.TemporaryDirectory(prefix="polarity-exporter-tls-") as directory:
+        paths = []
+        for name, inline, path in (("cert.pem", tls.cert, tls.cert_file),
+                                   ("key.pem", tls.key, tls.key_file)):
+            if inline is None:
+                assert path is not None
+                paths.append(path)
+                continue
+            target = os.path.join(directory, name)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(inline)
+            paths.append(target)
+        context.load_cert_chain(paths[0], paths[1])
 
 
 @dataclass
@@ -146,9 +208,18 @@ class WebSecurity:
     tls: TLSSettings | None = None
     basic_auth_users: dict[str, bytes] = field(default_factory=dict, repr=False)
     headers: dict[str, str] = field(default_factory=dict)
+    rate_limit: RateLimitSettings | None = None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         return self.tls.context() if self.tls else None
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """rate_limit: at most `burst` requests at once, refilled one per `interval` seconds."""
+
+    interval: float
+    burst: int
 
 
 def load_web_config(path: str) -> WebSecurity:
@@ -208,7 +279,32 @@ def _parse(document: Any, base: Path) -> WebSecurity:
         raise ConfigError("http_server_config.http2 must be true or false")
     headers = _parse_headers(_mapping(http.get("headers"), "http_server_config.headers"))
     users = _parse_users(_mapping(top.get("basic_auth_users"), "basic_auth_users"))
-    return WebSecurity(tls=tls, basic_auth_users=users, headers=headers)
+    limit = _parse_rate_limit(_mapping(top.get("rate_limit"), "rate_limit"))
+    return WebSecurity(tls=tls, basic_auth_users=users, headers=headers, rate_limit=limit)
+
+
+def _parse_rate_limit(section: dict[str, Any]) -> RateLimitSettings | None:
+    """The toolkit's rate_limit; absent, or a zero interval or burst: no limit."""
+    _check_keys(section, {"interval", "burst"}, "rate_limit")
+    if not section:
+        return None
+    interval = parse_duration(section.get("interval", "0s"), "rate_limit.interval")
+    burst = section.get("burst", 0)
+    if isinstance(burst, bool) or not isinstance(burst, int) or not 0 <= burst <= 1_000_000:
+        raise ConfigError("rate_limit.burst must be an integer from 0 to 1000000")
+    if interval <= 0 or burst == 0:
+        return None
+    return RateLimitSettings(interval, burst)
+
+
+def parse_duration(value: Any, name: str) -> float:
+    """A Go duration ("1s", "250ms", "1m30s") in seconds."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or \
+            not _DURATION.fullmatch(str(value)):
+        if value == 0:
+            return 0.0
+        raise ConfigError(f"{name} must be a duration such as 1s, 250ms or 1m30s")
+    return sum(float(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(str(value)))
 
 
 def _parse_tls(section: dict[str, Any], base: Path) -> TLSSettings | None:
@@ -217,28 +313,41 @@ def _parse_tls(section: dict[str, Any], base: Path) -> TLSSettings | None:
     files = {key: _string(section, key, name) for key in ("cert_file", "key_file",
                                                           "client_ca_file")}
     cert, key, client_ca = (str(base / f) if f else None for f in files.values())
+    inline = {key: _string(section, key, name) for key in ("cert", "key", "client_ca")}
+    for given, file_key in zip(inline, files, strict=True):
+        if inline[given] and files[file_key]:
+            raise ConfigError(f"{name}: give {given} or {file_key}, not both")
+    has_cert, has_key = bool(cert or inline["cert"]), bool(key or inline["key"])
     auth_type = _string(section, "client_auth_type", name)
     min_version = _string(section, "min_version", name) or "TLS12"
     max_version = _string(section, "max_version", name)
-    if not cert and not key:
-        if section.keys() - {"cert_file", "key_file"}:
-            raise ConfigError(f"{name} needs cert_file and key_file")
+    sans = _sans(section.get("client_allowed_sans"), name)
+    if not has_cert and not has_key:
+        if section.keys() - {"cert_file", "key_file", "cert", "key"}:
+            raise ConfigError(f"{name} needs cert_file and key_file (or cert and key)")
         return None
-    if not cert or not key:
-        raise ConfigError(f"{name} needs both cert_file and key_file")
+    if not has_cert or not has_key:
+        raise ConfigError(f"{name} needs both a certificate and a key (cert_file or cert, "
+                          "key_file or key)")
     for version, key_name in ((min_version, "min_version"), (max_version, "max_version")):
         if version is not None and version not in TLS_VERSIONS:
             raise ConfigError(f"{name}.{key_name} {version!r} is not one of "
                               f"{', '.join(TLS_VERSIONS)}")
+    has_ca = bool(client_ca or inline["client_ca"])
     if auth_type is None:
         # As in the toolkit: a client CA without an explicit type means "verify clients".
-        auth_type = "RequireAndVerifyClientCert" if client_ca else "NoClientCert"
+        auth_type = "RequireAndVerifyClientCert" if has_ca else "NoClientCert"
     if auth_type not in CLIENT_AUTH:
         raise ConfigError(f"{name}.client_auth_type {auth_type!r} is not supported; use one of "
                           f"{', '.join(CLIENT_AUTH)}")
-    if auth_type != "NoClientCert" and not client_ca:
-        raise ConfigError(f"{name}.client_ca_file is required for client_auth_type {auth_type}")
-    settings = TLSSettings(cert, key, client_ca, auth_type, min_version, max_version)
+    if auth_type != "NoClientCert" and not has_ca:
+        raise ConfigError(f"{name}.client_ca_file (or client_ca) is required for "
+                          f"client_auth_type {auth_type}")
+    if sans and auth_type == "NoClientCert":
+        raise ConfigError(f"{name}.client_allowed_sans needs client certificates: set "
+                          "client_auth_type and client_ca_file")
+    settings = TLSSettings(cert, key, client_ca, auth_type, min_version, max_version,
+                           inline["cert"], inline["key"], inline["client_ca"], sans)
     try:
         settings.context()  # fail at start, not on the first connection
     except (OSError, ssl.SSLError, ValueError) as exc:
@@ -246,6 +355,14 @@ def _parse_tls(section: dict[str, Any], base: Path) -> TLSSettings | None:
         raise ConfigError(f"{name}: cannot load the certificate, key or client CA: "
                           f"{reason}") from None
     return settings
+
+
+def _sans(value: Any, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name}.client_allowed_sans must be a list of names")
+    return tuple(value)
 
 
 def _parse_headers(section: dict[str, Any]) -> dict[str, str]:

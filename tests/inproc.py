@@ -111,7 +111,8 @@ def running_exporter(url: str | None, credentials: Credentials | None, *, timeou
                      insecure: bool = False, security: Any = None, cache_ttl: float = 0.0,
                      offset: float = 0.5, targets_file: str | None = None,
                      collector: CollectorConfig | None = None, history_limit: int = 100,
-                     proxy_url: str | None = None) -> Iterator[Running]:
+                     proxy_url: str | None = None,
+                     security_file: str | None = None) -> Iterator[Running]:
     """An exporter bound to a free port on 127.0.0.1, serving until the block ends: for the
     server at `url` on /metrics, and the targets of `targets_file` on /probe."""
     capture = LogCapture()
@@ -129,7 +130,8 @@ def running_exporter(url: str | None, credentials: Credentials | None, *, timeou
     config = Config(
         polarity=polarity,
         collector=collector or CollectorConfig(),
-        web=ServerConfig(host="127.0.0.1", port=0, timeout_offset=offset, security=security),
+        web=ServerConfig(host="127.0.0.1", port=0, timeout_offset=offset, security=security,
+                         security_file=security_file),
         cache_ttl=cache_ttl,
         targets_file=targets_file,
         history_limit=history_limit,
