@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from grafana_foundation_sdk.builders import (
     bargauge,
@@ -608,8 +609,26 @@ def render() -> dict[str, str]:
         # Stable panel ids, in layout order: links and "view panel" URLs use them.
         for panel_id, panel in enumerate(model.panels or [], start=1):
             panel.id_val = panel_id
-        rendered[filename] = json.dumps(model, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+        document = json.loads(json.dumps(model, cls=JSONEncoder))
+        rendered[filename] = json.dumps(grafana_13(document), indent=2, sort_keys=True) + "\n"
     return rendered
+
+
+# Fields of an interval variable that the SDK writes on every variable; Grafana's own types
+# (@grafana/schema's VariableModel, checked by tsc in tests/test_dashboards.py) define them on
+# none but the interval kind.
+INTERVAL_ONLY = ("auto", "auto_count", "auto_min")
+
+
+def grafana_13(document: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's model as Grafana 12-13's classic schema types it: no interval fields on other
+    variables. (The SDK's newest target is Grafana 11.6, schemaVersion 41; no later target is
+    published on PyPI.)"""
+    for variable in document.get("templating", {}).get("list", []):
+        if variable.get("type") != "interval":
+            for key in INTERVAL_ONLY:
+                variable.pop(key, None)
+    return document
 
 
 def main(argv: list[str]) -> int:

@@ -133,7 +133,9 @@ def test_every_panel_and_target_uses_the_datasource_variable(board: dict[str, An
 
 
 def test_every_selector_filters_by_job_and_instance(board: dict[str, Any]) -> None:
-    # target-job-rule, target-instance-rule: no bare metric name, every selector has both.
+    # target-job-rule, target-instance-rule, and target-required-matchers-rule configured with
+    # the matchers job=~"$job" and instance=~"$instance" (as the mixins' .lint files do): no
+    # bare metric name, every selector has both, with exactly that type and value.
     for panel, target in targets(board):
         expr = target["expr"]
         metrics = METRIC.findall(expr)
@@ -173,7 +175,8 @@ def test_panel_titles_are_unique(board: dict[str, Any]) -> None:
 
 
 def test_stable_uid_tags_refresh_time_range_and_read_only() -> None:
-    # uneditable-dashboard-rule, panel-refresh-interval-rule, panel-time-refresh-rule
+    # uneditable-dashboard-rule (the "template-uneditable" of the mixin docs),
+    # panel-refresh-interval-rule, panel-time-refresh-rule
     boards = {f: load(f) for f in FILES}
     assert {f: b["uid"] for f, b in boards.items()} == {
         OVERVIEW: "polarity-overview", INTEGRATION: "polarity-integration"}
