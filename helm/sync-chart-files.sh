@@ -7,6 +7,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 files="$repo/helm/polarity-exporter/files"
 mkdir -p "$files/dashboards"
 cp "$repo/prometheus/polarity-alerts.yml" "$files/polarity-alerts.yml"
+cp "$repo/prometheus/polarity-slo.yml" "$files/polarity-slo.yml"
 rm -f "$files"/dashboards/*.json
 cp "$repo"/grafana/dashboards/*.json "$files/dashboards/"
 echo "synced $files from prometheus/ and grafana/dashboards/"

@@ -32,6 +32,7 @@ from polarity_exporter.config import ApiKey, Password, PolarityConfig
 CHART = REPO / "helm" / "polarity-exporter"
 SIDECAR = REPO / "helm" / "examples" / "sidecar"
 RULES_SOURCE = REPO / "prometheus" / "polarity-alerts.yml"
+SLO_SOURCE = REPO / "prometheus" / "polarity-slo.yml"
 DASHBOARDS_SOURCE = REPO / "grafana" / "dashboards"
 RULES_COPY = CHART / "files" / "polarity-alerts.yml"
 DASHBOARDS_COPY = CHART / "files" / "dashboards"
@@ -764,10 +765,23 @@ def test_chart_dashboards_copy_equals_the_repo_dashboards() -> None:
     assert copy == source, "run helm/sync-chart-files.sh"
 
 
-def test_prometheus_rule_embeds_the_repo_rules() -> None:
+def test_prometheus_rule_embeds_the_repo_rules_and_the_slos_when_asked() -> None:
     docs = case_objects(CHART / "ci" / "password-monitors-rules-values.yaml")
     rule = only(docs, "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES_SOURCE.read_text())["groups"] + \
+        yaml.safe_load(SLO_SOURCE.read_text())["groups"]
+
+
+def test_prometheus_rule_leaves_the_slos_out_by_default() -> None:
+    rendered = render({"polarity": {"url": "https://polarity.example.com"},
+                       "prometheusRule": {"enabled": True}})
+    (rule,) = [doc for doc in objects(rendered) if doc.get("kind") == "PrometheusRule"]
     assert rule["spec"]["groups"] == yaml.safe_load(RULES_SOURCE.read_text())["groups"]
+
+
+def test_chart_slo_copy_equals_the_repo_slo_rules() -> None:
+    assert (CHART / "files" / "polarity-slo.yml").read_bytes() == SLO_SOURCE.read_bytes(), \
+        "run helm/sync-chart-files.sh"
 
 
 def test_dashboards_configmap_embeds_the_repo_dashboards() -> None:
