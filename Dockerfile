@@ -25,7 +25,7 @@ RUN python -m build --wheel --outdir /dist . \
  && /opt/venv/bin/pip install --no-cache-dir /dist/*.whl
 
 FROM ${PYTHON_IMAGE}
-ARG VERSION=0.3.0
+ARG VERSION=0.4.0
 LABEL org.opencontainers.image.title="polarity-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Polarity servers: integration status and errors" \
       org.opencontainers.image.source="https://github.com/polarity-exporter/polarity-exporter" \

@@ -157,7 +157,10 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
 
 # Fields of monitoring.coreos.com/v1 (prometheus-operator API) the chart may emit.
 MONITOR_SPEC_FIELDS = {"jobLabel", "namespaceSelector", "selector", "endpoints",
-                       "podMetricsEndpoints"}
+                       "podMetricsEndpoints", "scrapeProtocols", "fallbackScrapeProtocol",
+                       "sampleLimit", "scrapeClass"}
+SCRAPE_PROTOCOLS = {"PrometheusProto", "OpenMetricsText0.0.1", "OpenMetricsText1.0.0",
+                    "PrometheusText0.0.4", "PrometheusText1.0.0"}
 ENDPOINT_FIELDS = {"port", "path", "params", "scheme", "interval", "scrapeTimeout", "tlsConfig",
                    "basicAuth", "relabelings", "metricRelabelings"}
 RELABEL_FIELDS = {"sourceLabels", "separator", "targetLabel", "regex", "modulus", "replacement",
@@ -178,6 +181,10 @@ def check_custom_resource(doc: dict[str, Any]) -> None:
         return
     endpoints_key = "endpoints" if doc["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
     assert set(spec) <= MONITOR_SPEC_FIELDS and spec["selector"]["matchLabels"]
+    assert set(spec.get("scrapeProtocols", [])) <= SCRAPE_PROTOCOLS
+    assert spec.get("fallbackScrapeProtocol", "PrometheusProto") in SCRAPE_PROTOCOLS
+    assert isinstance(spec.get("sampleLimit", 0), int) and isinstance(spec.get("scrapeClass", ""),
+                                                                       str)
     for endpoint in spec[endpoints_key]:
         assert set(endpoint) <= ENDPOINT_FIELDS
         assert isinstance(endpoint["port"], str), "monitors select ports by name"
@@ -1096,3 +1103,72 @@ def test_schema_target_name_pattern_is_the_loaders() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["targets"]
     assert schema["additionalProperties"] is False
     assert list(schema["patternProperties"]) == [f"^{TARGET_NAME.pattern}$"]
+
+
+
+# --- prometheus-community conventions (issue 22, item 5) ---------------------------------------
+
+CONVENTIONS = CHART / "ci" / "conventions-values.yaml"
+
+
+def test_common_labels_are_on_every_object() -> None:
+    extra = {"polarity-exporter-notes", f"{RELEASE}-templated"}  # the user's own, as given
+    docs = [doc for doc in case_objects(CONVENTIONS) if doc["metadata"]["name"] not in extra]
+    assert len(docs) >= 5
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        assert labels.get("team") == "security-operations", doc["kind"]
+        assert labels.get("cost-center") == "4711", doc["kind"]
+
+
+def test_extra_manifests_are_rendered_as_objects_and_templated_strings() -> None:
+    configmaps = {doc["metadata"]["name"]: doc for doc in case_objects(CONVENTIONS)
+                  if doc["kind"] == "ConfigMap"}
+    assert configmaps["polarity-exporter-notes"]["data"] == {"owner": "security-operations"}
+    templated = configmaps[f"{RELEASE}-templated"]
+    assert templated["metadata"]["namespace"] == NAMESPACE
+    assert templated["data"] == {"release": RELEASE}
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor"])
+def test_monitor_fields_pass_through_when_set_and_stay_out_otherwise(kind: str) -> None:
+    spec = only(case_objects(CONVENTIONS), kind)["spec"]
+    given = yaml.safe_load(CONVENTIONS.read_text())[
+        "serviceMonitor" if kind == "ServiceMonitor" else "podMonitor"]
+    for field in ("scrapeProtocols", "fallbackScrapeProtocol", "sampleLimit", "scrapeClass"):
+        if field in given:
+            assert spec[field] == given[field], field
+        else:
+            assert field not in spec, field
+    plain = only(case_objects(CHART / "ci" / "password-monitors-rules-values.yaml"), kind) \
+        if kind == "ServiceMonitor" else only(case_objects(CHART / "ci" /
+                                                           "sidecar-style-values.yaml"), kind)
+    assert not set(plain["spec"]) & {"scrapeProtocols", "fallbackScrapeProtocol", "sampleLimit",
+                                     "scrapeClass"}
+
+
+def test_service_monitor_relabelings_pass_through() -> None:
+    endpoint = only(case_objects(CONVENTIONS), "ServiceMonitor")["spec"]["endpoints"][0]
+    given = yaml.safe_load(CONVENTIONS.read_text())["serviceMonitor"]
+    assert endpoint["relabelings"] == given["relabelings"]
+    assert endpoint["metricRelabelings"] == given["metricRelabelings"]
+
+
+@pytest.mark.parametrize("values", [
+    {"serviceMonitor": {"scrapeProtocols": ["OpenMetrics"]}},
+    {"serviceMonitor": {"fallbackScrapeProtocol": "text"}},
+    {"serviceMonitor": {"sampleLimit": -1}},
+    {"commonLabels": {"team": 7}},
+    {"extraManifests": [7]},
+], ids=["unknown-protocol", "unknown-fallback", "negative-sample-limit", "label-not-a-string",
+        "manifest-not-an-object"])
+def test_the_schema_refuses_bad_convention_values(values: dict[str, Any]) -> None:
+    with pytest.raises(Exception, match="(?i)schema|validat|values"):
+        render({"polarity": {"url": "https://polarity.example.com"}, **values})
+
+
+def test_the_chart_readme_has_an_upgrading_section_for_this_version() -> None:
+    readme = (CHART / "README.md").read_text()
+    section = readme.split("## Upgrading", 1)[1].split("\n## ", 1)[0]
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    assert f"### To {version}" in section

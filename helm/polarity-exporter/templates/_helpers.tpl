@@ -33,6 +33,28 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: metrics
 app.kubernetes.io/part-of: {{ include "polarity-exporter.name" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- /* The ServiceMonitor/PodMonitor spec fields passed through as given (prometheus-community
+       chart convention); each only when set, so older prometheus-operators are not sent fields
+       they do not know. */}}
+{{- define "polarity-exporter.monitorSpecFields" -}}
+{{- with .scrapeProtocols }}
+scrapeProtocols:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .fallbackScrapeProtocol }}
+fallbackScrapeProtocol: {{ . }}
+{{- end }}
+{{- if .sampleLimit }}
+sampleLimit: {{ .sampleLimit }}
+{{- end }}
+{{- with .scrapeClass }}
+scrapeClass: {{ . }}
+{{- end }}
 {{- end }}
 
 {{- define "polarity-exporter.serviceAccountName" -}}
