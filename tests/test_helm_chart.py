@@ -1163,7 +1163,7 @@ def test_service_monitor_relabelings_pass_through() -> None:
 ], ids=["unknown-protocol", "unknown-fallback", "negative-sample-limit", "label-not-a-string",
         "manifest-not-an-object"])
 def test_the_schema_refuses_bad_convention_values(values: dict[str, Any]) -> None:
-    with pytest.raises(Exception, match="(?i)schema|validat|values"):
+    with pytest.raises(Exception, match=r"(?i)schema|validat|values"):
         render({"polarity": {"url": "https://polarity.example.com"}, **values})
 
 
