@@ -242,6 +242,13 @@ class BoundedServer:
                                                       "err": one_line_error(exc)})
             self._close(conn)
             return
+        except Exception as exc:
+            # A bug on one connection (say, a certificate shaped as nobody expected) closes that
+            # connection; left uncaught it would leave it readable, and the loop spinning on it.
+            log.warning("http connection failed", extra={"client": conn.address,
+                                                          "err": one_line_error(exc)})
+            self._close(conn)
+            return
         if not data:  # EOF: a head cut short is never served
             self._close(conn)
             return

@@ -19,20 +19,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import os
 import re
 import ssl
+import stat
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
+from polarity_exporter import safeyaml
 from polarity_exporter.config import ConfigError
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -53,14 +56,24 @@ _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min
 _TLS_UNSUPPORTED = {"cipher_suites", "curve_preferences", "prefer_server_cipher_suites"}
 _HTTP_KEYS = {"http2", "headers"}
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"}
-# Go durations as the toolkit's rate_limit.interval takes them (e.g. "1s", "100ms", "1m30s").
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go durations as the toolkit's rate_limit.interval takes them (time.ParseDuration: "1s",
+# "100ms", "1m30s", ".5s", "+1s", "0"; µ as U+00B5 or U+03BC).
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)"
+_UNITS = r"(ns|us|\u00b5s|\u03bcs|ms|s|m|h)"
+_DURATION = re.compile(rf"\+?(?:{_NUMBER}{_UNITS})+|\+?0")
+_DURATION_PART = re.compile(rf"({_NUMBER}){_UNITS}")
+_SECONDS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
+            "m": 60.0, "h": 3600.0}
+# Go's durations end at 2^63 ns (about 292 years); a longer one is an error there too.
+MAX_DURATION = (2**63 - 1) / 1e9
+# bcrypt's costs; past 16 a single check takes seconds of CPU (each step doubles it), which
+# would let anyone with a wrong password hold the workers. Costs 10-12 are usual.
+BCRYPT_COSTS = range(4, 17)
 # Successful checks are remembered so that bcrypt (deliberately slow) runs once per credential,
 # not on every scrape; the key is a SHA-256 of the credential, never the credential itself.
 _CACHE_LIMIT = 1024
 BCRYPT_MAX_BYTES = 72
+_BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 BCRYPT_CHECKS_AT_ONCE = 2  # of the HTTP workers, at most this many run bcrypt
 
 
@@ -101,40 +114,81 @@ class TLSSettings:
         return context
 
     def allows(self, peer: dict[str, Any] | None) -> bool:
-        """client_allowed_sans: the client certificate (if one was given) names one of them
-        among its DNS names, e-mail addresses, IP addresses or URIs, as the toolkit checks."""
-        if not self.client_allowed_sans or not peer:
+        """client_allowed_sans: the verified client certificate names one of them among its
+        DNS names, e-mail addresses, IP addresses or URIs, compared exactly, as the toolkit
+        checks. Without a certificate, nothing is allowed (the parser insists on
+        RequireAndVerifyClientCert, so this is a second line)."""
+        if not self.client_allowed_sans:
             return True
+        if not peer:
+            return False
         allowed = {_canonical(name) for name in self.client_allowed_sans}
-        return any(_canonical(value) in allowed
-                   for _kind, value in peer.get("subjectAltName", ()))
+        # Other kinds (dirName, otherName, registeredID) come as tuples or odd text: never
+        # compared, so a directory name cannot pass for a DNS name.
+        return any(kind in _SAN_KINDS and isinstance(value, str) and _canonical(value) in allowed
+                   for kind, value in _pairs(peer.get("subjectAltName")))
+
+
+_SAN_KINDS = frozenset({"DNS", "email", "IP Address", "URI"})
+
+
+def _pairs(value: Any) -> list[tuple[Any, Any]]:
+    """The (kind, value) pairs of getpeercert()'s subjectAltName, whatever shape it has."""
+    if not isinstance(value, tuple | list):
+        return []
+    return [item for item in value if isinstance(item, tuple) and len(item) == 2]
 
 
 def _canonical(name: str) -> str:
     """An IP address in one spelling (Python writes IPv6 SANs uncompressed); else as is."""
     try:
-        return str(ipaddress.ip_address(name.strip()))
+        return str(ipaddress.ip_address(name))
     except ValueError:
-        return name.strip()
+        return name
 
 
 def _load_inline_chain(context: ssl.SSLContext, tls: TLSSettings) -> None:
-    """Python's ssl loads a certificate chain from files only: the inline PEM goes to a private
-    temporary directory (0700, files 0600) for the moment of loading, then is removed."""
-    with tempfile.TemporaryDirectory(prefix="polarity-exporter-tls-") as directory:
+    """Python's ssl loads a certificate chain from files only. The inline PEM goes to an
+    anonymous in-memory file (memfd_create, read as /proc/self/fd/N): nothing on a disk, and it
+    works on a read-only root filesystem, as the chart runs. Where memfd is missing (not
+    Linux), a private temporary directory (0700, files 0600) for the moment of loading."""
+    with contextlib.ExitStack() as stack:
         paths = []
         for name, inline, path in (("cert.pem", tls.cert, tls.cert_file),
                                    ("key.pem", tls.key, tls.key_file)):
             if inline is None:
                 assert path is not None
                 paths.append(path)
-                continue
-            target = os.path.join(directory, name)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(inline)
-            paths.append(target)
+            else:
+                paths.append(stack.enter_context(_private_file(name, inline)))
         context.load_cert_chain(paths[0], paths[1])
+
+
+@contextlib.contextmanager
+def _private_file(name: str, text: str) -> Iterator[str]:
+    """A path to `text` that only this process can read, gone when the block ends."""
+    memfd = getattr(os, "memfd_create", None)
+    fd = -1
+    if memfd is not None and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = memfd(f"polarity-exporter-{name}", os.MFD_CLOEXEC)
+        except OSError:
+            fd = -1
+    if fd >= 0:
+        try:
+            data = text.encode("utf-8")
+            while data:
+                data = data[os.write(fd, data):]
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="polarity-exporter-tls-") as directory:
+        target = os.path.join(directory, name)
+        handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        yield target
 
 
 @dataclass
@@ -153,10 +207,10 @@ class BasicAuth:
     _dummy: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Same cost as the real hashes, so an unknown user takes as long as a wrong password.
-        costs = [h[4:6] for h in self.users.values()]
-        rounds = max((int(c) for c in costs if c.isascii() and c.isdigit()), default=10)
-        self._dummy = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds))
+        # An unknown user is checked against the costliest real hash (and then refused), so it
+        # takes as long as a wrong password, and nothing is hashed when the file is read: a
+        # reload happens on the server's loop.
+        self._dummy = max(self.users.values(), key=bcrypt_cost)
 
     def check(self, authorization: str | None) -> bool:
         credentials = _parse_basic(authorization)
@@ -185,6 +239,11 @@ class BasicAuth:
                     self._ok.clear()
                 self._ok.add(key)
         return valid
+
+
+def bcrypt_cost(hashed: bytes) -> int:
+    """The cost of a hash checked by _parse_users ("$2b$12$..." -> 12)."""
+    return int(hashed[4:6])
 
 
 def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
@@ -225,17 +284,9 @@ class RateLimitSettings:
 def load_web_config(path: str) -> WebSecurity:
     """Read and check the file; any problem is a ConfigError naming the file and the key."""
     where = f"--web.config.file {path}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"cannot read {where}: {reason}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}: not valid YAML{at}") from None
+    # The targets file's reader: bounded size and depth, a regular file only, no aliases, and
+    # no key given twice (PyYAML keeps the last: a second basic_auth_users could empty it).
+    document = safeyaml.parse_yaml(safeyaml.read_config(path, where), where)
     base = Path(path).resolve().parent
     try:
         return _parse(document, base)
@@ -292,19 +343,25 @@ def _parse_rate_limit(section: dict[str, Any]) -> RateLimitSettings | None:
     burst = section.get("burst", 0)
     if isinstance(burst, bool) or not isinstance(burst, int) or not 0 <= burst <= 1_000_000:
         raise ConfigError("rate_limit.burst must be an integer from 0 to 1000000")
-    if interval <= 0 or burst == 0:
+    if interval <= 0:
         return None
+    if burst == 0:
+        # The toolkit's limiter with a burst of 0 refuses every request; that is never meant.
+        raise ConfigError("rate_limit.burst must be at least 1 when interval is set (a burst "
+                          "of 0 would refuse every request)")
     return RateLimitSettings(interval, burst)
 
 
 def parse_duration(value: Any, name: str) -> float:
     """A Go duration ("1s", "250ms", "1m30s") in seconds."""
-    if isinstance(value, bool) or not isinstance(value, str | int) or \
-            not _DURATION.fullmatch(str(value)):
-        if value == 0:
-            return 0.0
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
         raise ConfigError(f"{name} must be a duration such as 1s, 250ms or 1m30s")
-    return sum(float(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(str(value)))
+    seconds = sum(float(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
+    if seconds > MAX_DURATION:
+        raise ConfigError(f"{name} is longer than Go's longest duration (about 292 years)")
+    return seconds
 
 
 def _parse_tls(section: dict[str, Any], base: Path) -> TLSSettings | None:
@@ -343,9 +400,13 @@ def _parse_tls(section: dict[str, Any], base: Path) -> TLSSettings | None:
     if auth_type != "NoClientCert" and not has_ca:
         raise ConfigError(f"{name}.client_ca_file (or client_ca) is required for "
                           f"client_auth_type {auth_type}")
-    if sans and auth_type == "NoClientCert":
-        raise ConfigError(f"{name}.client_allowed_sans needs client certificates: set "
-                          "client_auth_type and client_ca_file")
+    if sans and auth_type != "RequireAndVerifyClientCert":
+        # With VerifyClientCertIfGiven a client could leave its certificate out and pass.
+        raise ConfigError(f"{name}.client_allowed_sans needs client_auth_type "
+                          "RequireAndVerifyClientCert and a client CA")
+    for path in (cert, key, client_ca):
+        if path is not None:
+            _regular_file(path, name)
     settings = TLSSettings(cert, key, client_ca, auth_type, min_version, max_version,
                            inline["cert"], inline["key"], inline["client_ca"], sans)
     try:
@@ -355,6 +416,16 @@ def _parse_tls(section: dict[str, Any], base: Path) -> TLSSettings | None:
         raise ConfigError(f"{name}: cannot load the certificate, key or client CA: "
                           f"{reason}") from None
     return settings
+
+
+def _regular_file(path: str, name: str) -> None:
+    """A FIFO or a device named as a certificate would hang the reload: refused at once."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # loading it says why, as for any unreadable file
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{name}: {path} is not a regular file")
 
 
 def _sans(value: Any, name: str) -> tuple[str, ...]:
@@ -385,10 +456,13 @@ def _parse_users(section: dict[str, Any]) -> dict[str, bytes]:
     users: dict[str, bytes] = {}
     for username, hashed in section.items():
         if ":" in username or not username:
-            raise ConfigError(f"basic_auth_users: invalid username {username!r}")
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")) \
-                or len(hashed) != 60:
+            # Not echoed: "alice:$2b$..." written as one key carries the hash.
+            raise ConfigError("basic_auth_users: a username is empty or has a colon")
+        if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
             # Never echo the value: someone may have put a plain password here by mistake.
             raise ConfigError(f"basic_auth_users.{username} is not a bcrypt hash")
+        if int(hashed[4:6]) not in BCRYPT_COSTS:
+            raise ConfigError(f"basic_auth_users.{username}: bcrypt cost {hashed[4:6]} is outside "
+                              f"{BCRYPT_COSTS.start}-{BCRYPT_COSTS.stop - 1}")
         users[username] = hashed.encode()
     return users

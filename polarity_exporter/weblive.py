@@ -123,17 +123,25 @@ class LiveWebConfig:
             security = load_web_config(self.path)
             if (security.tls is None) != (old.security.tls is None):
                 raise ConfigError("switching between TLS and plain HTTP needs a restart")
+            # Stamps are always taken before the reads they describe: a file written while it
+            # is read then differs from its stamp, and is read again on the next request. The
+            # config file's is `stamp`; certificate files it newly names are stamped here,
+            # before _build reads them.
+            watched = _watched(self.path, security)
+            if watched != _watched(self.path, old.security):
+                stamp = stamp[:1] + _stamp(watched[1:])
             state = _build(security, old)
-        except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
+        except Exception as exc:  # whatever the file holds, the server goes on
+            reason = str(exc) if isinstance(exc, ConfigError | OSError | ssl.SSLError) \
+                else f"cannot be used ({type(exc).__name__})"
             log.error("web config reload failed; keeping the one in effect",
-                      extra={"file": self.path, "err": str(exc)})
+                      extra={"file": self.path, "err": reason})
             with self._lock:
                 self._stamp = stamp  # said once per change, not on every request
             return old
         with self._lock:
             self._state = state
-            # The stamp of what was read: the certificate files it names may be new ones.
-            self._stamp = _stamp(_watched(self.path, security))
+            self._stamp = stamp
         log.info("web config reloaded", extra={"file": self.path})
         return state
 

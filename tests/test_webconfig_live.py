@@ -45,7 +45,10 @@ def more_certs(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     make("server2", "subjectAltName=IP:127.0.0.1,DNS:localhost")
     make("prometheus", "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:prometheus.example")
     make("intruder", "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:intruder.example")
-    return {name: directory / name for name in ("server2", "prometheus", "intruder")}
+    # A directory name (a tuple in getpeercert(), not a string) spelling the allowed name.
+    make("dirname", "extendedKeyUsage=clientAuth\nsubjectAltName=dirName:dir_sect,"
+         "DNS:intruder.example\n[dir_sect]\nCN=prometheus.example")
+    return {name: directory / name for name in ("server2", "prometheus", "intruder", "dirname")}
 
 
 def peer_fingerprint(port: int, ca: Path) -> str:
@@ -168,7 +171,9 @@ def load_rate_limit(interval: str, burst: int) -> Any:
 
 
 @pytest.mark.parametrize("text, seconds", [("1s", 1.0), ("250ms", 0.25), ("1m30s", 90.0),
-                                           ("1h", 3600.0), ("1.5s", 1.5), ("10us", 1e-5)])
+                                           ("1h", 3600.0), ("1.5s", 1.5), ("10us", 1e-5),
+                                           (".5s", 0.5), ("+1s", 1.0), ("0", 0.0),
+                                           ("3\u00b5s", 3e-6), ("3\u03bcs", 3e-6)])
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_duration(text, "x") == pytest.approx(seconds)
 
@@ -178,6 +183,10 @@ def test_go_durations(text: str, seconds: float) -> None:
     ({"interval": "1s", "burst": -1}, "rate_limit.burst must be an integer"),
     ({"interval": "1s", "burst": "10"}, "rate_limit.burst must be an integer"),
     ({"interval": "1s", "burst": 1, "bursts": 2}, "unknown key 'bursts' in rate_limit"),
+    ({"interval": "-1s", "burst": 1}, "rate_limit.interval must be a duration"),
+    ({"interval": "300y", "burst": 1}, "rate_limit.interval must be a duration"),
+    ({"interval": "3000000h", "burst": 1}, "longer than Go's longest duration"),
+    ({"interval": "1s", "burst": 0}, "a burst of 0 would refuse every request"),
 ])
 def test_bad_rate_limits_are_refused_naming_the_key(tmp_path: Path, section: dict[str, Any],
                                                     message: str) -> None:
@@ -234,7 +243,7 @@ def test_client_allowed_sans_admits_only_the_named_clients(
         allowed = client(certs, more_certs["prometheus"].with_suffix(".pem"),
                          more_certs["prometheus"].with_suffix(".key"))
         assert allowed.get(f"{running.url}/metrics", timeout=10).status_code == 200
-        for name in ("intruder",):
+        for name in ("intruder", "dirname"):
             refused = client(certs, more_certs[name].with_suffix(".pem"),
                              more_certs[name].with_suffix(".key"))
             with pytest.raises(requests.exceptions.RequestException):
@@ -242,14 +251,20 @@ def test_client_allowed_sans_admits_only_the_named_clients(
         no_san = client(certs, certs.client_cert, certs.client_key)  # a CN, no SAN
         with pytest.raises(requests.exceptions.RequestException):
             no_san.get(f"{running.url}/metrics", timeout=10)
+        # Still serving: a refused certificate closed its connection, nothing more.
+        assert allowed.get(f"{running.url}/metrics", timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("tls, message", [
     ({"cert": "x", "cert_file": "y", "key_file": "z"}, "give cert or cert_file, not both"),
     ({"cert_file": "a", "key_file": "b", "client_allowed_sans": ["x"]},
-     "client_allowed_sans needs client certificates"),
+     "client_allowed_sans needs client_auth_type RequireAndVerifyClientCert"),
     ({"cert_file": "a", "key_file": "b", "client_allowed_sans": "x"},
      "client_allowed_sans must be a list"),
+    # Optional client certificates would let a client without one pass the SAN check.
+    ({"cert_file": "a", "key_file": "b", "client_ca_file": "c",
+      "client_auth_type": "VerifyClientCertIfGiven", "client_allowed_sans": ["x"]},
+     "client_allowed_sans needs client_auth_type RequireAndVerifyClientCert"),
 ])
 def test_bad_tls_sections_are_refused_naming_the_key(tmp_path: Path, tls: dict[str, Any],
                                                      message: str) -> None:
@@ -267,3 +282,97 @@ def test_an_inline_key_never_shows_in_an_error(tmp_path: Path, certs: Certs) -> 
     with pytest.raises(ConfigError) as info:
         load_web_config(str(path))
     assert "PRIVATE KEY" not in str(info.value) and key.splitlines()[1] not in str(info.value)
+
+
+# --- hostile files (the attack on item 6) ----------------------------------------------------
+
+def test_a_concurrent_write_during_a_reload_is_read_on_the_next_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stamp kept is the one taken before the read: a write that lands while the file is
+    being read is not mistaken for the version read."""
+    from polarity_exporter import weblive
+    path = tmp_path / "web.yml"
+    path.write_text("basic_auth_users: {}\n")
+    live = weblive.LiveWebConfig(str(path), load_web_config(str(path)))
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    real_load = weblive.load_web_config
+
+    def load_then_overwrite(name: str) -> Any:
+        loaded = real_load(name)  # the version being read ...
+        path.write_text(yaml.safe_dump({"basic_auth_users": {"ops": hashed}}) + "\n" * 10)
+        return loaded  # ... and a newer one on disk by the time it takes effect
+    path.write_text("basic_auth_users: {}\n\n")
+    monkeypatch.setattr(weblive, "load_web_config", load_then_overwrite)
+    assert live.current().basic_auth is None
+    monkeypatch.setattr(weblive, "load_web_config", real_load)
+    state = live.current()
+    assert state.basic_auth is not None and set(state.basic_auth.users) == {"ops"}
+
+
+def nested(depth: int) -> str:
+    return "basic_auth_users: " + "[" * depth + "]" * depth + "\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (nested(5000), "not valid YAML|nested more than"),
+    ("basic_auth_users: {}\nbasic_auth_users: {}\n", "given twice"),
+    ("rate_limit: &a {interval: 1s, burst: 1}\nbasic_auth_users: *a\n", "aliases"),
+    ("basic_auth_users: {}\n" + "#" * (2 << 20), "larger than"),
+])
+def test_a_hostile_file_is_refused_with_one_line(tmp_path: Path, text: str,
+                                                 message: str) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_web_config(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_a_hostile_file_on_reload_keeps_the_server_answering(live: tuple[Running, Path],
+                                                            certs: Certs) -> None:
+    running, directory = live
+    (directory / "web.yml").write_text(nested(5000))
+    for _ in range(3):
+        assert running.session.get(f"{running.url}/-/healthy", timeout=10).status_code == 200
+        assert running.scrape().up == 1.0
+    assert len(running.logs.matching("web config reload failed")) == 1
+
+
+def test_a_fifo_named_as_a_certificate_is_refused_at_once(tmp_path: Path, certs: Certs) -> None:
+    import os
+    os.mkfifo(tmp_path / "tls.key")
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": str(certs.server_cert),
+                                                          "key_file": "tls.key"}}))
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_web_config(str(path))
+
+
+@pytest.mark.parametrize("cost", ["03", "17", "99"])
+def test_a_bcrypt_cost_outside_4_to_16_is_refused(tmp_path: Path, cost: str) -> None:
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode().replace("$04$", f"${cost}$")
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"ops": hashed}}))
+    with pytest.raises(ConfigError, match=f"bcrypt cost {cost} is outside 4-16"):
+        load_web_config(str(path))
+
+
+def test_a_username_with_a_colon_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  'alice:{hashed}': x\n")
+    with pytest.raises(ConfigError, match="a username is empty or has a colon") as info:
+        load_web_config(str(path))
+    assert hashed not in str(info.value) and "alice" not in str(info.value)
+
+
+def test_inline_certificates_load_without_a_writable_temporary_directory(
+        tmp_path: Path, certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart runs with a read-only root filesystem: the inline key never touches a disk."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "does-not-exist"))
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"tls_server_config": {
+        "cert": certs.server_cert.read_text(), "key": certs.server_key.read_text()}}))
+    security = load_web_config(str(path))
+    assert security.ssl_context() is not None
