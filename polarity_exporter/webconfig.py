@@ -51,11 +51,53 @@ HEADER_VALUES: dict[str, tuple[str, ...]] = {
     "x-frame-options": ("deny", "sameorigin"), "x-xss-protection": (),
     "content-security-policy": (),
 }
-_TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version",
-             "max_version", "cert", "key", "client_ca", "client_allowed_sans"}
+# Every key the file takes, with what it means: the parser accepts exactly these, and
+# docs/endpoint.md's reference is generated from them (docs/generate_references.py).
+KEY_DOCS: dict[str, str] = {
+    "tls_server_config": "TLS for the endpoint; absent: plain HTTP",
+    "tls_server_config.cert_file": "Server certificate (PEM) file; relative paths are relative "
+                                   "to this file",
+    "tls_server_config.key_file": "Its private key (PEM) file",
+    "tls_server_config.cert": "The server certificate as inline PEM, instead of `cert_file`",
+    "tls_server_config.key": "The private key as inline PEM, instead of `key_file`; never shown "
+                             "in an error",
+    "tls_server_config.client_ca_file": "CA bundle that verifies client certificates",
+    "tls_server_config.client_ca": "The client CA bundle as inline PEM, instead of "
+                                   "`client_ca_file`",
+    "tls_server_config.client_auth_type": "`NoClientCert` (default; `RequireAndVerifyClientCert` "
+                                          "when a client CA is given), "
+                                          "`VerifyClientCertIfGiven` or "
+                                          "`RequireAndVerifyClientCert`",
+    "tls_server_config.client_allowed_sans": "List: a client certificate must name one of "
+                                             "these (DNS, e-mail, IP or URI SAN, exactly); "
+                                             "needs `RequireAndVerifyClientCert`",
+    "tls_server_config.min_version": "`TLS10`, `TLS11`, `TLS12` (default) or `TLS13`",
+    "tls_server_config.max_version": "As `min_version`; default: the newest",
+    "http_server_config": "HTTP settings",
+    "http_server_config.http2": "`true` or `false`; accepted for the toolkit's files, HTTP/1.1 "
+                                "is served either way",
+    "http_server_config.headers": "Response headers, of the toolkit's allowed set: "
+                                  "`Strict-Transport-Security`, `X-Content-Type-Options` "
+                                  "(`nosniff`), `X-Frame-Options` (`deny`, `sameorigin`), "
+                                  "`X-XSS-Protection`, `Content-Security-Policy`",
+    "basic_auth_users": "Mapping of username to bcrypt hash (cost 4 to 16); every path but "
+                        "`/-/healthy` and `/-/ready` then needs one of them",
+    "rate_limit": "A token bucket shared by all clients; past it, 429, before authentication",
+    "rate_limit.interval": "Go duration (`1s`, `100ms`): one more request allowed per interval; "
+                           "`0` is no limit",
+    "rate_limit.burst": "Requests allowed at once, 1 to 1000000 (0 only with no interval)",
+}
+
+
+def _section_keys(section: str) -> set[str]:
+    return {key.split(".", 1)[1] for key in KEY_DOCS if key.startswith(section + ".")}
+
+
+_TLS_KEYS = _section_keys("tls_server_config")
 _TLS_UNSUPPORTED = {"cipher_suites", "curve_preferences", "prefer_server_cipher_suites"}
-_HTTP_KEYS = {"http2", "headers"}
-_TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"}
+_HTTP_KEYS = _section_keys("http_server_config")
+_TOP_KEYS = {key for key in KEY_DOCS if "." not in key}
+_RATE_LIMIT_KEYS = _section_keys("rate_limit")
 # Go durations as the toolkit's rate_limit.interval takes them (time.ParseDuration: "1s",
 # "100ms", "1m30s", ".5s", "+1s", "0"; µ as U+00B5 or U+03BC).
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)"
@@ -336,7 +378,7 @@ def _parse(document: Any, base: Path) -> WebSecurity:
 
 def _parse_rate_limit(section: dict[str, Any]) -> RateLimitSettings | None:
     """The toolkit's rate_limit; absent, or a zero interval or burst: no limit."""
-    _check_keys(section, {"interval", "burst"}, "rate_limit")
+    _check_keys(section, _RATE_LIMIT_KEYS, "rate_limit")
     if not section:
         return None
     interval = parse_duration(section.get("interval", "0s"), "rate_limit.interval")

@@ -53,12 +53,12 @@ NAMES = {"prod": 11, "lab": 12, "emea": 13}  # target name -> simulator seed
 STATUS_ONLY = "emea"  # configured with `collectors: [integrations]`: no errors request
 
 
-def readme_scrape_config(exporter_address: str) -> dict[str, Any]:
-    """The README's `prometheus.yml` for several servers, pointed at this exporter."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Several Polarity servers", 1)[1]
+def docs_scrape_config(exporter_address: str) -> dict[str, Any]:
+    """The docs' `prometheus.yml` for several servers, pointed at this exporter."""
+    text = (REPO / "docs" / "several-servers.md").read_text(encoding="utf-8")
+    section = text.split("# Several Polarity servers", 1)[1]
     block = re.search(r"```yaml\n(# prometheus\.yml\n.*?)```", section, re.DOTALL)
-    assert block, "the README lost its prometheus.yml for several servers"
+    assert block, "the docs lost their prometheus.yml for several servers"
     job: dict[str, Any] = yaml.safe_load(block.group(1))["scrape_configs"][0]
     address_rules = [r for r in job["relabel_configs"] if r.get("target_label") == "__address__"]
     assert len(address_rules) == 1
@@ -106,7 +106,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         procs.append(exporter)
         wait_until_ready(f"http://{exporter_address}/-/ready", exporter)  # type: ignore[arg-type]
         _fast_rules_copy(tmp / "rules.yml")
-        job = readme_scrape_config(exporter_address)
+        job = docs_scrape_config(exporter_address)
         (tmp / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"evaluation_interval": "1s"}, "rule_files": [str(tmp / "rules.yml")],
             "scrape_configs": [job]}))
@@ -212,7 +212,7 @@ def test_the_exporters_metrics_count_the_probes_of_every_target(fleet: Fleet) ->
 
 
 def test_the_readme_config_is_used_verbatim_but_for_address_and_intervals() -> None:
-    job = readme_scrape_config("exporter:1")
+    job = docs_scrape_config("exporter:1")
     assert job["metrics_path"] == "/probe"
     rules = job["relabel_configs"]
     assert rules[0] == {"source_labels": ["__address__"], "target_label": "__param_target"}

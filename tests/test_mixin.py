@@ -94,10 +94,10 @@ def test_a_configured_mixin_is_valid_for_promtool(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def readme_snippet() -> str:
-    text = (REPO / "README.md").read_text()
+def docs_snippet() -> str:
+    text = (REPO / "docs" / "dashboards-and-alerts.md").read_text()
     block = re.search(r"```jsonnet\n(// kube-prometheus.*?)```", text, re.DOTALL)
-    assert block, "the README lost its kube-prometheus jsonnet example"
+    assert block, "the docs lost their kube-prometheus jsonnet example"
     return block.group(1)
 
 
@@ -106,7 +106,7 @@ def test_the_readmes_kube_prometheus_example_evaluates(tmp_path: Path) -> None:
     vendored = tmp_path / "vendor" / "github.com" / "polarity-exporter" / "polarity-exporter"
     vendored.mkdir(parents=True)
     (vendored / "mixin").symlink_to(MIXIN)
-    out = evaluate(readme_snippet(), [tmp_path / "vendor"])
+    out = evaluate(docs_snippet(), [tmp_path / "vendor"])
     rule = out["polarity-exporter-rules"]
     assert rule["kind"] == "PrometheusRule"
     names = [r.get("alert") or r.get("record") for g in rule["spec"]["groups"]

@@ -650,10 +650,10 @@ QUERY_SOURCES = [*sorted(DASHBOARDS.glob("*.json")), RULES,
                  CHART_FILES / "polarity-alerts.yml"]
 
 
-def readme_examples() -> list[tuple[str, str]]:
-    """The README's "Example PromQL" block, one query per non-comment line."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    block = text.split("### Example PromQL", 1)[1].split("```promql", 1)[1].split("```", 1)[0]
+def docs_examples() -> list[tuple[str, str]]:
+    """The docs' "Example PromQL" block, one query per non-comment line."""
+    text = (REPO / "docs" / "dashboards-and-alerts.md").read_text(encoding="utf-8")
+    block = text.split("## Example PromQL", 1)[1].split("```promql", 1)[1].split("```", 1)[0]
     lines = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
     queries: list[str] = []
     for line in lines:  # a line starting with a space continues the previous query
@@ -661,11 +661,11 @@ def readme_examples() -> list[tuple[str, str]]:
             queries[-1] += " " + line.strip()
         else:
             queries.append(line)
-    return [("README.md: Example PromQL", query) for query in queries]
+    return [("docs/dashboards-and-alerts.md: Example PromQL", query) for query in queries]
 
 
 def every_query() -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = readme_examples()
+    found: list[tuple[str, str]] = docs_examples()
     for path in QUERY_SOURCES:
         read = promql.rule_queries if path.suffix == ".yml" else promql.dashboard_queries
         found += [(f"{path.relative_to(REPO)}: {where}", promql.label_values_inner(expr))
@@ -737,3 +737,39 @@ def test_gauge_functions_apply_only_to_gauges_of_a_real_scrape(stack: Stack) -> 
              for function, names in promql.function_arguments(expr, promql.GAUGE_FUNCTIONS)
              for name in names if types.get(name) != "gauge"]
     assert not wrong, "\n".join(wrong)
+
+
+# --------------------------------------------------------------------------- the README's picture
+
+
+def test_the_readme_picture_draws_every_overview_panel_from_prometheus(
+        stack: Stack, tmp_path: Path) -> None:
+    """docs/render_overview.py draws the overview's panel queries as this Prometheus answers
+    them; every panel has data. POLARITY_RENDER_OVERVIEW=docs/img/overview.png writes the
+    README's copy from this run."""
+    import os
+    sys.path.insert(0, str(REPO / "docs"))
+    from render_overview import Panel, Query, render
+
+    board = load_dashboard("polarity-overview.json")
+    variables = {name: var.get("allValue") or "" for name, var in all_variables(board).items()
+                 if var["type"] == "query"}
+    end = time.time()
+    panels = []
+    for panel in board["panels"]:
+        queries = []
+        for target in panel.get("targets", []):
+            expr = interpolate(target["expr"], variables)
+            if target.get("instant"):
+                result = stack.instant(expr)
+            else:  # the whole run so far, not the checks' 10 s window
+                result = stack.api("query_range", query=expr, start=end - 120, end=end,
+                                   step=1)["result"]
+            queries.append(Query(target.get("legendFormat", ""), bool(target.get("instant")),
+                                 result))
+        if queries:
+            panels.append(Panel(panel["type"], panel["title"], queries))
+    out = Path(os.environ.get("POLARITY_RENDER_OVERVIEW") or tmp_path / "overview.png")
+    render(panels, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(panels) == sum(1 for p in board["panels"] if p.get("targets"))
