@@ -160,3 +160,17 @@ def test_large_numbers_are_written_as_go_writes_them(value: float, written: str)
     family = GaugeMetricFamily("g", "gauge", value=value)
     assert f"g {written}\n".encode() in encode_text([family])
     same_as_prometheus_client([family])
+
+
+def test_remembered_float_texts_keep_negative_zero_and_nan_apart() -> None:
+    from polarity_exporter.exposition import go_float
+    for _ in range(2):  # the second round reads the remembered texts
+        assert [go_float(v) for v in (0.0, -0.0, float("nan"), 5.0, 1724351234.123)] == [
+            "0.0", "-0.0", "NaN", "5.0", "1.724351234123e+09"]
+
+
+def test_the_remembered_float_texts_are_bounded() -> None:
+    from polarity_exporter import exposition
+    for value in range(1, exposition.FLOAT_TEXTS_LIMIT + 100):
+        assert exposition.go_float(value + 0.5) == repr(value + 0.5)
+    assert len(exposition._FLOAT_TEXTS) <= exposition.FLOAT_TEXTS_LIMIT

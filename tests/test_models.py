@@ -264,3 +264,11 @@ def test_20_8_streamed_numbers_read_as_the_whole_body_reads_them(number: str,
     from_stream = list(parse_errors(items, streamed))
     assert from_stream == from_whole
     assert streamed == whole
+
+
+def test_the_remembered_timestamps_are_bounded_and_exact() -> None:
+    from polarity_exporter import models
+    for second in range(models.TIMESTAMPS_LIMIT + 100):
+        text = f"2024-01-01T00:{second // 3600 % 60:02d}:{second % 60:02d}.{second:06d}Z"
+        assert parse_timestamp(text) == models._parse_timestamp(text)
+    assert len(models._TIMESTAMPS) <= models.TIMESTAMPS_LIMIT
