@@ -40,7 +40,14 @@ from polarity_exporter.errors import (
     RateLimitedError,
 )
 from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
-from polarity_exporter.models import ErrorRecord, Problems, documented_errors, parse_errors
+from polarity_exporter.models import (
+    DocumentedErrors,
+    ErrorRecord,
+    Problems,
+    documented_batch,
+    documented_errors,
+    parse_errors,
+)
 from polarity_exporter.transport import Transport
 
 __all__ = ["MAX_PAGES", "MAX_PAGE_BYTES", "MAX_RETRIES", "WHOLE_ERRORS_BYTES", "AuthError",
@@ -267,13 +274,23 @@ class PolarityClient:
 
     def iter_errors(self, deadline: Deadline, problems: Problems,
                     text: bool = False) -> Iterator[ErrorRecord]:
-        """Error records as they are read (unreadable fields counted in `problems`).
+        """Error records as they are read (unreadable fields counted in `problems`). With
+        `text`, each record also carries its id, title and detail (error events)."""
+        for read in self.read_errors(deadline, problems, text):
+            if isinstance(read, DocumentedErrors):
+                yield from read
+            else:
+                yield read
 
-        A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape straight into
-        records (models.documented_errors), otherwise generically and record by record. A larger
+    def read_errors(self, deadline: Deadline, problems: Problems,
+                    text: bool = False) -> Iterator[ErrorRecord | DocumentedErrors]:
+        """Error records as they are read, or (without `text`) a whole body in the documented
+        shape as one DocumentedErrors, which the summary folds without a record per record.
+
+        A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape by msgspec
+        (models.documented_batch), otherwise generically and record by record. A larger
         body is streamed record by record through ijson behind a StreamGuard
-        (jsondecode.stream_items), so it is never held whole. With `text`, each record also
-        carries its id, title and detail (error events).
+        (jsondecode.stream_items), so it is never held whole.
         """
         with self._get(ERRORS, deadline, ERRORS) as response:
             check_json(response, ERRORS)
@@ -288,13 +305,20 @@ class PolarityClient:
                 yield from parse_errors(stream_items(reader, guard, ERRORS), problems, text)
                 return
             with self._decode_lock:  # one whole body decoded at a time, pages included
-                records = documented_errors(head, problems, text)
+                records: list[ErrorRecord] | DocumentedErrors | None = \
+                    documented_errors(head, problems, text) if text else \
+                    documented_batch(head, problems)
                 items = _records(decode_json(head, ERRORS)) if records is None else []
             deadline.note(f"{ERRORS}: {len(head)} bytes decoded whole, "
                           + ("in the documented shape" if records is not None else
                              f"generically ({len(items)} items)"))
             del head
-            yield from parse_errors(items, problems, text) if records is None else records
+            if records is None:
+                yield from parse_errors(items, problems, text)
+            elif isinstance(records, DocumentedErrors):
+                yield records
+            else:
+                yield from records
 
 
 def _page_result(number: int, future: Future[_Page[T]], deadline: Deadline) -> _Page[T]:

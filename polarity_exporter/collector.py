@@ -174,12 +174,13 @@ class PolarityCollector:
 
     def _fetch_errors(self, deadline: Deadline, problems: Problems) -> ErrorSummary:
         events = self._events
-        records = self._client.iter_errors(deadline, problems, text=events is not None)
         if events is None:
-            summary = summarize_errors(records, self._clean, problems)
+            summary = summarize_errors(self._client.read_errors(deadline, problems),
+                                       self._clean, problems)
         else:
             # One fetch at a time per collector (the shared scrape's single flight).
             self._read = read = Read()
+            records = self._client.iter_errors(deadline, problems, text=True)
             summary = summarize_errors(events.watch(records, read), self._clean, problems)
         deadline.note(f"errors: {sum(e.records for e in summary.integrations.values())} "
                       f"records of {len(summary.integrations)} integration ids")

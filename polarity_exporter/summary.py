@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polarity_exporter import metrics
-from polarity_exporter.models import ErrorRecord, Integration, Problems, parse_integration
+from polarity_exporter.models import (
+    DocumentedErrors,
+    ErrorRecord,
+    Integration,
+    Problems,
+    documented_rows,
+    parse_integration,
+)
 
 OTHER_CODE = metrics.OTHER
 # Control characters become a space: a legend showing U+FFFD reads as broken data, a space as
@@ -97,36 +104,47 @@ class ErrorSummary:
         self._labels: dict[str, str] = {}
 
     def add(self, record: ErrorRecord) -> None:
+        self.fold(record.integration_id, record.code, record.count, record.occurred_on,
+                  record.affected_users)
+
+    def add_documented(self, batch: DocumentedErrors) -> None:
+        """A body in the documented shape, folded without a record object per record."""
+        fold = self.fold
+        for integration_id, code, count, occurred_on, users in documented_rows(batch):
+            fold(integration_id, code, count, occurred_on, users)
+
+    def fold(self, integration_id: str, code: str, count: float | None,
+             occurred_on: float | None, affected_users: tuple[str, ...]) -> None:
         # Runs once per record: the label lookups are inlined.
-        label = self._ids.get(record.integration_id)
+        label = self._ids.get(integration_id)
         if label is None:
             if len(self._ids) >= MAX_SUMMARY_IDS:
                 self.problems["integration-id"] += 1  # beyond any real server: not kept
                 return
-            label = self._ids[record.integration_id] = self.clean(record.integration_id)
+            label = self._ids[integration_id] = self.clean(integration_id)
         entry = self.integrations.get(label)
         if entry is None:
             entry = self.integrations[label] = IntegrationErrors()
         entry.records += 1
-        code = self._labels.get(record.code)
-        if code is None:
-            code = self.clean(record.code)
+        shown = self._labels.get(code)
+        if shown is None:
+            shown = self.clean(code)
             if len(self._labels) < LABEL_CACHE_SIZE:
-                self._labels[record.code] = code
-        stats = entry.codes.get(code)
+                self._labels[code] = shown
+        stats = entry.codes.get(shown)
         if stats is None:
             if len(entry.codes) >= MAX_SUMMARY_CODES:  # summed into "other" as they arrive
-                code, entry.codes_overflowed = OTHER_CODE, True
+                shown, entry.codes_overflowed = OTHER_CODE, True
                 stats = entry.codes.get(OTHER_CODE)
             if stats is None:
-                stats = entry.codes[code] = CodeStats()
-        stats.add(record.count, record.occurred_on)
-        if record.affected_users:
-            if self._users + len(record.affected_users) > MAX_SUMMARY_USERS:
+                stats = entry.codes[shown] = CodeStats()
+        stats.add(count, occurred_on)
+        if affected_users:
+            if self._users + len(affected_users) > MAX_SUMMARY_USERS:
                 self.problems["meta.affected_users"] += 1  # the count is a lower bound
                 return
             before = len(entry.users)
-            entry.users.update(record.affected_users)
+            entry.users.update(affected_users)
             self._users += len(entry.users) - before
 
 
@@ -154,9 +172,10 @@ def parse_integrations(items: Iterable[Any], problems: Problems) -> list[Integra
     return [integration for integration in parsed if integration is not None]
 
 
-def summarize_errors(records: Iterable[ErrorRecord], clean: LabelCleaner,
+def summarize_errors(records: Iterable[ErrorRecord | DocumentedErrors], clean: LabelCleaner,
                      problems: Problems) -> ErrorSummary:
     """Fold error records into an ErrorSummary as they arrive; each record is dropped at once.
+    A whole body in the documented shape comes as one DocumentedErrors, folded in one loop.
 
     The hot loop of a scrape (one pass per record, hundreds of thousands of them): no logging
     here, unreadable fields are only counted in `problems` and logged once per scrape.
@@ -164,7 +183,10 @@ def summarize_errors(records: Iterable[ErrorRecord], clean: LabelCleaner,
     summary = ErrorSummary(clean, problems)
     add = summary.add
     for record in records:
-        add(record)
+        if isinstance(record, DocumentedErrors):
+            summary.add_documented(record)
+        else:
+            add(record)
     return summary
 
 

@@ -18,7 +18,9 @@ from polarity_exporter.jsondecode import decode_json
 from polarity_exporter.models import (
     ErrorRecord,
     Problems,
+    documented_batch,
     documented_errors,
+    documented_rows,
     parse_error,
     parse_errors,
     parse_integration,
@@ -130,11 +132,23 @@ def generic(body: bytes) -> tuple[list[ErrorRecord], Problems]:
     return list(parse_errors(decode_json(body, "body")["data"], problems)), problems
 
 
+def folded_rows(body: bytes) -> tuple[list[Any] | None, Problems]:
+    """What the summary folds from a body in the documented shape (models.documented_rows),
+    as records: it must be what the record readers read."""
+    problems: Problems = Counter()
+    batch = documented_batch(body, problems)
+    if batch is None:
+        return None, problems
+    return [ErrorRecord(*row) for row in documented_rows(batch)], problems
+
+
 def assert_read_alike(body: bytes) -> list[ErrorRecord] | None:
     """Both readers agree on `body` if the documented one accepts it; a body it refuses is read
-    again by the other, so it must count nothing."""
+    again by the other, so it must count nothing. The fold's rows agree with both."""
+    rows = folded_rows(body)
     problems: Problems = Counter()
     read = documented_errors(body, problems)
+    assert rows == (read, problems)
     if read is None:
         assert not problems
     else:
@@ -148,7 +162,7 @@ def test_every_body_in_the_documented_shape_is_read_by_the_documented_reader(
         records: list[dict[str, Any]], ascii_only: bool) -> None:
     body = body_of(records, ascii_only)
     problems: Problems = Counter()
-    assert (documented_errors(body, problems), problems) == generic(body)
+    assert (documented_errors(body, problems), problems) == generic(body) == folded_rows(body)
 
 
 @pytest.mark.parametrize("place", PLACES, ids=lambda place: ".".join(map(str, place)) or "record")
