@@ -42,10 +42,12 @@ from polarity_exporter.errors import (
 from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
 from polarity_exporter.models import (
     DocumentedErrors,
+    DocumentedPage,
     ErrorRecord,
     Problems,
     documented_batch,
     documented_errors,
+    documented_page,
     parse_errors,
 )
 from polarity_exporter.transport import Transport
@@ -77,6 +79,8 @@ INTEGRATIONS = "/api/integrations"
 ERRORS = "/api/integrations/errors"
 
 T = TypeVar("T")
+# Turns one page's items (generic, or msgspec's in the documented shape) into records.
+PageParser = Callable[[list[Any] | DocumentedPage], list[T]]
 
 
 @dataclass
@@ -199,13 +203,19 @@ class PolarityClient:
     # --- integrations -----------------------------------------------------------------------
 
     def _get_page(self, number: int, deadline: Deadline,
-                  parse: Callable[[list[Any]], list[T]]) -> _Page[T]:
+                  parse: PageParser[T]) -> _Page[T]:
         what = f"page {number} of {INTEGRATIONS}"
         params = {"page[size]": str(self.config.page_size), "page[number]": str(number)}
         with self._get(INTEGRATIONS, deadline, what, params) as response:
             check_json(response, what)
             raw = BodyReader(response, deadline, what, limit=MAX_PAGE_BYTES).read_all()
         with self._decode_lock:
+            # The documented shape by msgspec, in C, each list of error references counted
+            # exactly; anything else generically, as before.
+            typed = documented_page(raw)
+            if typed is not None:
+                del raw
+                return _Page(parse(typed), typed.total, len(typed))
             body = decode_json(_count_refs(raw), what)
             del raw
             data = body.get("data") if isinstance(body, dict) else None
@@ -218,7 +228,7 @@ class PolarityClient:
                 raise ProtocolError(f"{what}: meta.page.total is missing or not a count")
             return _Page(parse(data), total, len(data))
 
-    def list_integrations(self, deadline: Deadline, parse: Callable[[list[Any]], list[T]],
+    def list_integrations(self, deadline: Deadline, parse: PageParser[T],
                           key: Callable[[T], Any]) -> Listing[T]:
         """Every integration, following pages; pages after the first are fetched concurrently,
         on the shared page threads.
@@ -255,7 +265,7 @@ class PolarityClient:
         return listing
 
     def _submit_page(self, number: int, deadline: Deadline,
-                     parse: Callable[[list[Any]], list[T]]) -> Future[_Page[T]]:
+                     parse: PageParser[T]) -> Future[_Page[T]]:
         """Read a page on a shared thread once this server has fewer than max_concurrency
         pages in flight; waiting for that counts against the deadline."""
         if not self._pages.acquire(timeout=max(0.0, deadline.remaining())):

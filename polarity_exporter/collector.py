@@ -21,7 +21,13 @@ from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.errors import DeadlineExceeded, PolarityError
 from polarity_exporter.events import ErrorEvents, Read
-from polarity_exporter.models import Integration, Problems, parse_integration
+from polarity_exporter.models import (
+    DocumentedPage,
+    Integration,
+    Problems,
+    documented_integrations,
+    parse_integration,
+)
 from polarity_exporter.summary import (
     OTHER_ID,
     ErrorSummary,
@@ -159,8 +165,10 @@ class PolarityCollector:
 
         max_text = self._config.max_label_length + 1  # the cleaner still sees it was cut
 
-        def parse(items: list[Any]) -> list[Integration]:
+        def parse(items: list[Any] | DocumentedPage) -> list[Integration]:
             # Called for one page at a time (the client decodes pages one by one).
+            if isinstance(items, DocumentedPage):
+                return documented_integrations(items, problems, max_text)
             parsed = (parse_integration(item, problems, max_text) for item in items)
             return [integration for integration in parsed if integration is not None]
 

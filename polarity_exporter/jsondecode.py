@@ -83,6 +83,12 @@ DENSITY_CHECK_BYTES = 64 * 1024
 MIN_BYTES_PER_CONTAINER = 32
 
 
+def too_dense(body: bytes) -> bool:
+    """More than one `[` or `{` in MIN_BYTES_PER_CONTAINER bytes (past the first 64 KiB)."""
+    return len(body) > DENSITY_CHECK_BYTES and \
+        (body.count(b"{") + body.count(b"[")) * MIN_BYTES_PER_CONTAINER > len(body)
+
+
 def decode_json(body: bytes, what: str) -> Any:
     """Decode a whole body (already bounded in size by the reader).
 
@@ -90,8 +96,7 @@ def decode_json(body: bytes, what: str) -> Any:
     still read field by field (NaN, numbers beyond a double, lone surrogates, invalid UTF-8,
     nesting past 1,024): those bodies, rare, are decoded again by `json` with the bounds below.
     """
-    if len(body) > DENSITY_CHECK_BYTES and \
-            (body.count(b"{") + body.count(b"[")) * MIN_BYTES_PER_CONTAINER > len(body):
+    if too_dense(body):
         raise ProtocolError(f"{what}: JSON too dense to decode safely (more than one `[` or "
                             f"`{{` in {MIN_BYTES_PER_CONTAINER} bytes)")
     try:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from polarity_exporter.jsondecode import json_float
+from polarity_exporter.jsondecode import json_float, too_dense
 
 # Counter of unreadable fields, keyed by field name (a small fixed set: safe as a metric label).
 Problems = Counter[str]
@@ -121,18 +121,22 @@ def parse_integration(item: Any, problems: Problems,
         problems["id"] += 1
         return None
     attrs = _attributes(item)
-    status = _as_text(attrs.get("status"))
+    return _integration(integration_id, _text_field(attrs, "name", problems),
+                        _text_field(attrs, "acronym", problems),
+                        _text_field(attrs, "version", problems), _as_text(attrs.get("status")),
+                        _error_refs(item, problems), problems, max_text)
+
+
+def _integration(integration_id: str, name: str, acronym: str, version: str,
+                 status: str | None, error_refs: int | None, problems: Problems,
+                 max_text: int) -> Integration:
+    """What both readers of the listing share: the cuts, and an unreadable status counted."""
     if status is None:
         problems["status"] += 1
     # Records outlive their page until the scrape is built: keep no more text than a label.
-    return Integration(
-        id=integration_id[:MAX_ID],
-        name=_text_field(attrs, "name", problems)[:max_text],
-        acronym=_text_field(attrs, "acronym", problems)[:max_text],
-        version=_text_field(attrs, "version", problems)[:max_text],
-        status=(status or "")[:max_text],
-        error_refs=_error_refs(item, problems),
-    )
+    return Integration(id=integration_id[:MAX_ID], name=name[:max_text],
+                       acronym=acronym[:max_text], version=version[:max_text],
+                       status=(status or "")[:max_text], error_refs=error_refs)
 
 
 def _text_field(attrs: dict[str, Any], key: str, problems: Problems) -> str:
@@ -385,6 +389,96 @@ class _TextBody(msgspec.Struct, gc=False):
 
 
 _ERRORS_BODY: Final = msgspec.json.Decoder(_ErrorsBody)
+
+
+# A page of the listing in the documented shape, likewise. Each error reference becomes an
+# empty struct (counted, nothing of it read); the page passed jsondecode's density check first,
+# so there are at most a few of them per hundred bytes of page.
+class _Ref(msgspec.Struct, gc=False):
+    pass
+
+
+class _ErrorRefs(msgspec.Struct, gc=False):
+    data: list[_Ref]
+
+
+class _Relationships(msgspec.Struct, gc=False, rename={"errors": "integration-errors"}):
+    errors: _ErrorRefs
+
+
+_Int64 = Annotated[int, msgspec.Meta(ge=1 - _MAX_INT, le=_MAX_INT - 1)]
+
+
+class _IntegrationAttributes(msgspec.Struct, gc=False):
+    name: str | None = None
+    acronym: str | None = None
+    version: str | None = None
+    status: str | _Int64 | None = None
+
+
+class _IntegrationItem(msgspec.Struct, gc=False):
+    id: _NonEmpty
+    attributes: _IntegrationAttributes | None = None
+    relationships: _Relationships | None = None
+
+
+class _PageCount(msgspec.Struct, gc=False):
+    total: Annotated[int, msgspec.Meta(ge=0, le=_MAX_INT - 1)]
+
+
+class _PageMeta(msgspec.Struct, gc=False):
+    page: _PageCount
+
+
+class _ListingPage(msgspec.Struct, gc=False):
+    data: list[_IntegrationItem]
+    meta: _PageMeta
+
+
+_LISTING_PAGE: Final = msgspec.json.Decoder(_ListingPage)
+_NO_ATTRIBUTES: Final = _IntegrationAttributes()
+
+
+class DocumentedPage:
+    """A listing page in the documented shape, as msgspec decoded it, not yet Integrations."""
+
+    __slots__ = ("items", "total")
+
+    def __init__(self, items: list[_IntegrationItem], total: int) -> None:
+        self.items = items
+        self.total = total
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def documented_page(raw: bytes) -> DocumentedPage | None:
+    """The page's items in the documented shape; None for any other page (or one too dense to
+    decode safely), which the caller decodes generically."""
+    if too_dense(raw):
+        return None
+    try:
+        page = _LISTING_PAGE.decode(raw)
+    except _REFUSED:
+        return None
+    return DocumentedPage(page.data, page.meta.page.total)
+
+
+def documented_integrations(page: DocumentedPage, problems: Problems,
+                            max_text: int = MAX_TEXT) -> list[Integration]:
+    """The Integrations of a documented page: what parse_integration reads from each item."""
+    parsed = []
+    for item in page.items:
+        attrs = item.attributes or _NO_ATTRIBUTES
+        status = attrs.status
+        relationships = item.relationships
+        parsed.append(_integration(
+            item.id[:MAX_TEXT], (attrs.name or "")[:MAX_TEXT], (attrs.acronym or "")[:MAX_TEXT],
+            (attrs.version or "")[:MAX_TEXT],
+            status[:MAX_TEXT] if type(status) is str else None if status is None else str(status),
+            len(relationships.errors.data) if relationships is not None else None,
+            problems, max_text))
+    return parsed
 _TEXT_BODY: Final = msgspec.json.Decoder(_TextBody)
 # ValueError: invalid UTF-8 (UnicodeDecodeError). RecursionError: deep nesting, even in a
 # skipped field.

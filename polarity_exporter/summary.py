@@ -14,9 +14,11 @@ from typing import Any
 from polarity_exporter import metrics
 from polarity_exporter.models import (
     DocumentedErrors,
+    DocumentedPage,
     ErrorRecord,
     Integration,
     Problems,
+    documented_integrations,
     documented_rows,
     parse_integration,
 )
@@ -167,7 +169,11 @@ def capped_codes(codes: dict[str, CodeStats], limit: int) -> tuple[dict[str, Cod
     return kept, len(rest)
 
 
-def parse_integrations(items: Iterable[Any], problems: Problems) -> list[Integration]:
+def parse_integrations(items: Iterable[Any] | DocumentedPage,
+                       problems: Problems) -> list[Integration]:
+    """One page's integrations, from generic items or a page in the documented shape."""
+    if isinstance(items, DocumentedPage):
+        return documented_integrations(items, problems)
     parsed = (parse_integration(item, problems) for item in items)
     return [integration for integration in parsed if integration is not None]
 

@@ -6,6 +6,7 @@ Coalescing is proven where it matters: by counting the requests the simulator re
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,6 +20,7 @@ from reference import parse
 from polarity_exporter.client import Deadline, PolarityClient
 from polarity_exporter.config import PolarityConfig
 from polarity_exporter.simulator import Simulator, SimulatorConfig
+from polarity_exporter.summary import parse_integrations
 
 LIST = ("GET", "/api/integrations")
 ERRORS = ("GET", "/api/integrations/errors")
@@ -119,8 +121,9 @@ def test_a_scrape_that_times_out_waiting_for_a_shared_fetch_says_so(slow_sim: Si
 
 
 def list_all(client: PolarityClient, deadline: Deadline) -> Any:
-    """The raw listing items, deduplicated by id."""
-    return client.list_integrations(deadline, lambda items: items, lambda item: item["id"])
+    """The listing's integrations, deduplicated by id."""
+    return client.list_integrations(deadline, lambda items: parse_integrations(items, Counter()),
+                                    lambda integration: integration.id)
 
 
 def test_concurrent_401s_after_revocation_log_in_again_exactly_once(simulator: Simulator) -> None:

@@ -14,12 +14,15 @@ from errorbodies import ABSENT, BASE, DOCUMENTED, PLACES, VALUES, body_of, chang
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from polarity_exporter.client import _count_refs
 from polarity_exporter.jsondecode import decode_json
 from polarity_exporter.models import (
     ErrorRecord,
     Problems,
     documented_batch,
     documented_errors,
+    documented_integrations,
+    documented_page,
     documented_rows,
     parse_error,
     parse_errors,
@@ -286,3 +289,100 @@ def test_the_remembered_timestamps_are_bounded_and_exact() -> None:
         text = f"2024-01-01T00:{second // 3600 % 60:02d}:{second % 60:02d}.{second:06d}Z"
         assert parse_timestamp(text) == models._parse_timestamp(text)
     assert len(models._TIMESTAMPS) <= models.TIMESTAMPS_LIMIT
+
+
+# --- A listing page in the documented shape, read in C (models.documented_page) ---------------
+
+PAGE_ITEM: dict[str, Any] = {
+    "id": "virustotal_3_1", "type": "integrations",
+    "attributes": {"name": "VirusTotal", "acronym": "VT", "version": "3.1.0",
+                   "status": "running"},
+    "relationships": {"integration-errors": {"data": [
+        {"id": "e1", "type": "integration-errors"}, {"id": "e2", "type": "integration-errors"}]}},
+}
+ITEM_PLACES: list[tuple[str, ...]] = [
+    ("id",), ("attributes",), ("attributes", "name"), ("attributes", "acronym"),
+    ("attributes", "version"), ("attributes", "status"), ("relationships",),
+    ("relationships", "integration-errors"), ("relationships", "integration-errors", "data"),
+]
+ITEM_VALUES: list[Any] = [ABSENT, None, "", "x" * 5000, 5, -7, 2**70, 1.5, 2.0, True, [],
+                          {}, [1, 2], "a\x00b", "\u00e9t\u00e9", {"data": []}]
+
+
+def page_of(items: list[Any], total: Any = 1) -> bytes:
+    return json.dumps({"data": items, "meta": {"page": {"total": total, "number": 1}}}).encode()
+
+
+def with_value(item: dict[str, Any], place: tuple[str, ...], value: Any) -> dict[str, Any]:
+    copy = json.loads(json.dumps(item))
+    parent = copy
+    for key in place[:-1]:
+        if not isinstance(parent.get(key), dict):
+            return copy
+        parent = parent[key]
+    if value is ABSENT:
+        parent.pop(place[-1], None)
+    else:
+        parent[place[-1]] = value
+    return copy
+
+
+def generic_page(raw: bytes) -> tuple[list[Any], Any, Problems]:
+    """What the exporter reads from a page outside the documented shape."""
+    problems: Problems = Counter()
+    body = decode_json(_count_refs(raw), "page")
+    parsed = [parse_integration(item, problems, 128) for item in body["data"]]
+    return [i for i in parsed if i is not None], body["meta"]["page"]["total"], problems
+
+
+def assert_pages_alike(raw: bytes) -> bool:
+    """Both listing readers agree on a page the documented one accepts."""
+    page = documented_page(raw)
+    if page is None:
+        return False
+    problems: Problems = Counter()
+    assert (documented_integrations(page, problems, 128), page.total, problems) == \
+        generic_page(raw)
+    return True
+
+
+def test_a_documented_page_is_read_by_the_documented_reader() -> None:
+    assert assert_pages_alike(page_of([PAGE_ITEM, with_value(PAGE_ITEM, ("id",), "b")], 2))
+
+
+@pytest.mark.parametrize("place", ITEM_PLACES, ids=lambda place: ".".join(place))
+@pytest.mark.parametrize("value", ITEM_VALUES, ids=lambda value: repr(value)[:24])
+def test_the_listing_readers_agree_on_every_deviation(place: tuple[str, ...],
+                                                       value: Any) -> None:
+    assert_pages_alike(page_of([PAGE_ITEM, with_value(PAGE_ITEM, place, value)], 2))
+
+
+@pytest.mark.parametrize("total", [-1, "2", 2.0, True, None, 2**64])
+def test_a_page_whose_total_is_not_a_count_is_left_to_the_generic_reader(total: Any) -> None:
+    assert documented_page(page_of([PAGE_ITEM], total)) is None
+
+
+def test_a_page_too_dense_to_decode_safely_is_left_to_the_generic_reader() -> None:
+    refs = [{"id": str(k)} for k in range(20_000)]
+    item = with_value(PAGE_ITEM, ("relationships", "integration-errors", "data"), refs)
+    raw = page_of([item])
+    assert documented_page(raw) is None
+    assert generic_page(raw)[0][0].error_refs == len(refs)
+
+
+def test_an_error_reference_id_with_a_brace_is_counted_exactly() -> None:
+    item = with_value(PAGE_ITEM, ("relationships", "integration-errors", "data"),
+                      [{"id": "{weird}", "type": "integration-errors"}])
+    page = documented_page(page_of([item]))
+    assert page is not None
+    assert documented_integrations(page, Counter())[0].error_refs == 1
+
+
+def test_the_simulators_listing_is_read_in_the_documented_shape(simulator: Simulator) -> None:
+    login = requests.post(f"{simulator.url}/api/users/login", timeout=10,
+                          json={"identification": SIM_USER, "password": SIM_PASSWORD})
+    token = login.json()["data"]["token"]
+    raw = requests.get(f"{simulator.url}/api/integrations", timeout=30,
+                       params={"page[size]": "1000"},
+                       headers={"Authorization": f"Bearer {token}"}).content
+    assert assert_pages_alike(raw)
