@@ -14,6 +14,7 @@ generated secrets across every fault).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,18 @@ from collections.abc import Callable
 MAX_LINES = 500
 MAX_BYTES = 64 * 1024
 MAX_LINE = 1000
+
+
+# Control characters a server's text may carry (ESC starts a terminal's escape sequences):
+# the log is read with curl in a terminal, so they become U+FFFD.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable_line(text: str, limit: int) -> str:
+    """`text` on one line of at most `limit` characters, without control characters; only
+    the first few `limit`s of a long text are looked at."""
+    line = " ".join(text[: limit * 4].split())[:limit]
+    return line if line.isprintable() else _CONTROL.sub("\ufffd", line)
 
 
 class FetchLog:
@@ -36,7 +49,7 @@ class FetchLog:
         self.outcome = "in progress"  # one line, set when the fetch ends (collector.py)
 
     def add(self, text: str) -> None:
-        line = f"{self._clock() - self._start:8.3f}s {' '.join(text.split())[:MAX_LINE]}"
+        line = f"{self._clock() - self._start:8.3f}s {printable_line(text, MAX_LINE)}"
         size = len(line.encode()) + 1
         with self._lock:
             if len(self._lines) >= MAX_LINES or self._bytes + size > MAX_BYTES:
@@ -44,6 +57,12 @@ class FetchLog:
                 return
             self._lines.append(line)
             self._bytes += size
+
+    @property
+    def size(self) -> int:
+        """Bytes of the lines kept."""
+        with self._lock:
+            return self._bytes
 
     def text(self) -> str:
         with self._lock:

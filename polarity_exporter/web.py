@@ -14,6 +14,7 @@ import gzip
 import html
 import logging
 import math
+import re
 import ssl
 import threading
 import time
@@ -54,6 +55,7 @@ MAX_RELOAD_WAITERS = 4
 # Longest query string /probe reads; a longer one is refused, never cut (a cut could turn
 # ?target=prodlab into ?target=prod).
 MAX_QUERY = 4096
+_HISTORY_ID = re.compile(r"[0-9]{1,18}")
 # Free memory is handed back to the system only after answers this large: a small scrape
 # leaves little to hand back, and trimming the heap costs CPU every time.
 TRIM_AFTER_BYTES = 1024 * 1024
@@ -236,7 +238,8 @@ class ExporterApp:
 
     def _logs(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         ident = parse_qs(environ.get("QUERY_STRING", "")[:MAX_QUERY]).get("id", [""])[0]
-        entry = self._history.get(int(ident)) if ident.isdigit() and len(ident) < 19 else None
+        # ASCII digits only: str.isdigit() is also true of "①", which int() refuses.
+        entry = self._history.get(int(ident)) if _HISTORY_ID.fullmatch(ident) else None
         if entry is None:
             return _reply(start_response, "404 Not Found",
                           b"no such scrape in the history (it keeps --history.limit)\n")

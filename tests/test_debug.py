@@ -234,7 +234,9 @@ def test_history_limit_zero_keeps_nothing(sim: Simulator) -> None:
     assert log_links(page) == [] and "--history.limit 0" in page
 
 
-@pytest.mark.parametrize("ident", ["", "x", "-1", "99", "1" * 40, "0&id=1"])
+@pytest.mark.parametrize("ident", ["", "x", "-1", "99", "1" * 40, "0&id=1",
+                                   # digits to str.isdigit() but not to int(): was a 500
+                                   "%E2%91%A0", "%C2%B2", "0x1", "1e3", "%00", "+1"])
 def test_logs_of_an_unknown_id_is_a_404(exp: Running, ident: str) -> None:
     exp.scrape()
     response = exp.session.get(f"{exp.url}/logs?id={ident}", timeout=10)
@@ -386,3 +388,26 @@ def test_debug_log_shows_a_token_refresh(exp: Running) -> None:
     log, _ = debug(exp)
     assert re.search(r"GET /api/users/refresh -> HTTP 200, \d+ bytes", log), log
     assert "token refreshed (token expires" in log
+
+
+def test_history_logs_together_stay_within_their_budget_the_oldest_dropped_first() -> None:
+    from polarity_exporter import fetchlog, history
+    kept = History(limit=10_000)
+    for _ in range(150):
+        log = FetchLog()
+        for _ in range(fetchlog.MAX_LINES):
+            log.add("x" * 200)
+        kept.add("t", "up", 0.1, log)
+    entries = kept.entries()
+    assert len(entries) == 150
+    distinct = {id(e.log): e.log for e in entries if e.log is not history.DROPPED}
+    assert sum(log.size for log in distinct.values()) <= history.MAX_LOG_BYTES
+    assert entries[0].log is not history.DROPPED and entries[-1].log is history.DROPPED
+    assert "log dropped" in entries[-1].log.text()
+
+
+def test_fetch_log_lines_carry_no_control_characters() -> None:
+    log = FetchLog()
+    log.add("detail: \x1b[31mred\x1b[0m \x00 \x9b")
+    text = log.text()
+    assert not any(ch in text for ch in "\x1b\x00\x9b") and "\ufffd[31mred" in text
