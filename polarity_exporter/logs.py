@@ -50,11 +50,21 @@ def where(exc: BaseException) -> str:
     return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}"
 
 
+# json.dumps escapes C0 controls, but leaves these as they are: C1 controls (NEL, U+0085, ends
+# a line for some readers) and the Unicode line and paragraph separators. Escaped too, so that
+# a text from Polarity (an error title, say) can never start a line of its own.
+_LINE_BREAKERS = {code: f"\\u{code:04x}" for code in [*range(0x7F, 0xA0), 0x2028, 0x2029]}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str).translate(_LINE_BREAKERS)
+
+
 def _logfmt_value(value: Any) -> str:
     text = str(value)
     if text and not any(c in text for c in ' ="\\') and text.isprintable():
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return _json(text)
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -69,7 +79,7 @@ class LogfmtFormatter(logging.Formatter):
 
 class JsonFormatter(LogfmtFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record, self.tracebacks), ensure_ascii=False, default=str)
+        return _json(_fields(record, self.tracebacks))
 
 
 class RepeatFilter(logging.Filter):

@@ -234,15 +234,18 @@ def test_an_event_is_one_line_in_either_log_format(formatter: logging.Formatter)
         state = ErrorEvents("prod", started=0.0)
         seen = Read()
         hostile = ErrorRecord("i", 'code "quoted"\n', 3.0, time.time(), ("1", "2"),
-                              ErrorText("e1", "a\nb=c", 'd "e"\r\n'))
+                              ErrorText("e1", "a\nb=c", 'd "e"\r\n\x85\u2028\x1b'))
         list(state.watch([hostile], seen))
         state.commit(seen, {"i": "VirusTotal"})
     finally:
         events.events_log.removeHandler(handler)
     (line,) = [formatter.format(record) for record in captured]
-    assert "\n" not in line and "VirusTotal" in line and "affected_users" in line
+    # One line for every reader: str.splitlines() also breaks at NEL and U+2028.
+    assert len(line.splitlines()) == 1 and "\x1b" not in line
+    assert "VirusTotal" in line and "affected_users" in line
     if isinstance(formatter, JsonFormatter):
         assert json.loads(line)["title"] == "a\nb=c"
+        assert json.loads(line)["detail"].endswith("\x85\u2028\x1b")
 
 
 # --- per target, and across reloads ----------------------------------------------------------
