@@ -31,6 +31,13 @@ from polarity_exporter.auth import Authenticator
 from polarity_exporter.bodies import BodyReader, check_json
 from polarity_exporter.config import PolarityConfig
 from polarity_exporter.deadline import Deadline
+from polarity_exporter.documented import (
+    DocumentedErrors,
+    DocumentedPage,
+    documented_batch,
+    documented_errors,
+    documented_page,
+)
 from polarity_exporter.errors import (
     AuthError,
     DeadlineExceeded,
@@ -41,13 +48,8 @@ from polarity_exporter.errors import (
 )
 from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
 from polarity_exporter.models import (
-    DocumentedErrors,
-    DocumentedPage,
     ErrorRecord,
     Problems,
-    documented_batch,
-    documented_errors,
-    documented_page,
     parse_errors,
 )
 from polarity_exporter.transport import Transport
@@ -298,7 +300,7 @@ class PolarityClient:
         shape as one DocumentedErrors, which the summary folds without a record per record.
 
         A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape by msgspec
-        (models.documented_batch), otherwise generically and record by record. A larger
+        (documented.batch), otherwise generically and record by record. A larger
         body is streamed record by record through ijson behind a StreamGuard
         (jsondecode.stream_items), so it is never held whole.
         """

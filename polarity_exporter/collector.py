@@ -19,13 +19,15 @@ from polarity_exporter import __version__, metrics, pools
 from polarity_exporter.client import Listing, PolarityClient
 from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
+from polarity_exporter.documented import (
+    DocumentedPage,
+    documented_integrations,
+)
 from polarity_exporter.errors import DeadlineExceeded, PolarityError
 from polarity_exporter.events import ErrorEvents, Read
 from polarity_exporter.models import (
-    DocumentedPage,
     Integration,
     Problems,
-    documented_integrations,
     parse_integration,
 )
 from polarity_exporter.summary import (

@@ -237,16 +237,12 @@ class BoundedServer:
         except ssl.SSLWantWriteError:
             self._watch(conn, selectors.EVENT_WRITE)
             return
-        except (OSError, ValueError) as exc:
-            log.debug("http connection error", extra={"client": conn.address,
-                                                      "err": one_line_error(exc)})
-            self._close(conn)
-            return
         except Exception as exc:
-            # A bug on one connection (say, a certificate shaped as nobody expected) closes that
-            # connection; left uncaught it would leave it readable, and the loop spinning on it.
-            log.warning("http connection failed", extra={"client": conn.address,
-                                                          "err": one_line_error(exc)})
+            # OSError, ValueError: the client's doing. Anything else, a bug on this connection (an
+            # odd certificate, say), closes it too: left readable, the loop would spin on it.
+            level = logging.DEBUG if isinstance(exc, OSError | ValueError) else logging.WARNING
+            log.log(level, "http connection error", extra={"client": conn.address,
+                                                           "err": one_line_error(exc)})
             self._close(conn)
             return
         if not data:  # EOF: a head cut short is never served

@@ -4,8 +4,7 @@ Polarity's JSON is written by many hands (third-party integrations fill in error
 every field is read defensively. A field that cannot be read is reported to the caller through a
 `Problems` counter instead of raising, so one bad record never costs the rest of the scrape.
 
-Errors bodies in the documented shape take a faster road to the same records:
-`documented_errors`, below.
+Bodies in the documented shape take a faster road to the same records: documented.py.
 """
 
 from __future__ import annotations
@@ -16,11 +15,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Final
+from typing import Any
 
-import msgspec
-
-from polarity_exporter.jsondecode import json_float, too_dense
+from polarity_exporter.jsondecode import json_float
 
 # Counter of unreadable fields, keyed by field name (a small fixed set: safe as a metric label).
 Problems = Counter[str]
@@ -72,7 +69,7 @@ MAX_TEXT = 4097
 # one id.
 MAX_ID = 256
 # Ids and statuses that are numbers: anything beyond int64 is not an id.
-_MAX_INT = 2**63
+MAX_INT = 2**63
 
 
 def _as_id(value: Any) -> str | None:
@@ -80,7 +77,7 @@ def _as_id(value: Any) -> str | None:
     # the same id (and the same label).
     if type(value) is str:
         return value[:MAX_TEXT] or None
-    if type(value) is int and -_MAX_INT < value < _MAX_INT:
+    if type(value) is int and -MAX_INT < value < MAX_INT:
         return str(value)
     return None
 
@@ -96,7 +93,7 @@ def _as_text(value: Any) -> str | None:
     if type(value) is str:
         return value[:MAX_TEXT]
     if type(value) is int:
-        return str(value) if -_MAX_INT < value < _MAX_INT else None
+        return str(value) if -MAX_INT < value < MAX_INT else None
     if isinstance(value, Decimal):
         value = as_json_number(value)
     if type(value) is float and math.isfinite(value):
@@ -121,13 +118,13 @@ def parse_integration(item: Any, problems: Problems,
         problems["id"] += 1
         return None
     attrs = _attributes(item)
-    return _integration(integration_id, _text_field(attrs, "name", problems),
+    return build_integration(integration_id, _text_field(attrs, "name", problems),
                         _text_field(attrs, "acronym", problems),
                         _text_field(attrs, "version", problems), _as_text(attrs.get("status")),
                         _error_refs(item, problems), problems, max_text)
 
 
-def _integration(integration_id: str, name: str, acronym: str, version: str,
+def build_integration(integration_id: str, name: str, acronym: str, version: str,
                  status: str | None, error_refs: int | None, problems: Problems,
                  max_text: int) -> Integration:
     """What both readers of the listing share: the cuts, and an unreadable status counted."""
@@ -166,7 +163,7 @@ def _error_refs(item: dict[str, Any], problems: Problems) -> int | None:
 def parse_error(item: Any, problems: Problems, text: bool = False) -> ErrorRecord | None:
     """One record of GET /api/integrations/errors; None only when its integration is unknown.
 
-    Called for every record of a body outside the documented shape (`documented_errors` reads
+    Called for every record of a body outside the documented shape (documented.py reads
     the others) and of every streamed body: each field is first tried as the type Polarity
     documents, with one `type() is` check; the defensive readers run only for anything else.
     """
@@ -187,7 +184,7 @@ def parse_error(item: Any, problems: Problems, text: bool = False) -> ErrorRecor
         count = float(count)
     else:
         count = _count(count, problems)
-    record = _record(integration_id, attrs.get("code"), count, attrs.get("occurred-on"),
+    record = build_record(integration_id, attrs.get("code"), count, attrs.get("occurred-on"),
                      _affected_users(attrs.get("meta"), problems), problems)
     if text:
         record.text = error_text(_as_id(item.get("id")), attrs.get("title"), attrs.get("detail"))
@@ -210,7 +207,7 @@ def parse_errors(items: Iterable[Any], problems: Problems,
             yield record
 
 
-def _record(integration_id: str, code: Any, count: float | None, occurred_on: Any,
+def build_record(integration_id: str, code: Any, count: float | None, occurred_on: Any,
             affected_users: tuple[str, ...], problems: Problems) -> ErrorRecord:
     """What both readers of error records share: the cuts, the code and the timestamp."""
     if len(integration_id) > MAX_ID:
@@ -222,7 +219,7 @@ def _record(integration_id: str, code: Any, count: float | None, occurred_on: An
             code = ""
     elif len(code) > MAX_TEXT:
         code = code[:MAX_TEXT]
-    return ErrorRecord(integration_id, code, count, _timestamp(occurred_on, problems),
+    return ErrorRecord(integration_id, code, count, read_timestamp(occurred_on, problems),
                        affected_users)
 
 
@@ -264,17 +261,17 @@ def _count(value: Any, problems: Problems) -> float | None:
 # microsecond: each distinct text is parsed once, into a table that starts again when full
 # (about 150 bytes an entry).
 TIMESTAMPS_LIMIT = 20_000
-_TIMESTAMPS: dict[str, float] = {}
+TIMESTAMPS: dict[str, float] = {}
 
 
 def parse_timestamp(value: str) -> float:
     """ISO 8601 as Polarity writes it: space or T, optional fraction, Z or an offset or none."""
-    seconds = _TIMESTAMPS.get(value)
+    seconds = TIMESTAMPS.get(value)
     if seconds is None:
         seconds = _parse_timestamp(value)
-        if len(_TIMESTAMPS) >= TIMESTAMPS_LIMIT:
-            _TIMESTAMPS.clear()
-        _TIMESTAMPS[value] = seconds
+        if len(TIMESTAMPS) >= TIMESTAMPS_LIMIT:
+            TIMESTAMPS.clear()
+        TIMESTAMPS[value] = seconds
     return seconds
 
 
@@ -297,7 +294,7 @@ def _fromisoformat_lenient(value: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _timestamp(value: Any, problems: Problems) -> float | None:
+def read_timestamp(value: Any, problems: Problems) -> float | None:
     if isinstance(value, str) and 10 <= len(value) <= 64:
         try:
             return parse_timestamp(value)
@@ -327,247 +324,3 @@ def _affected_users(meta: Any, problems: Problems) -> tuple[str, ...]:
                 continue
         ids.append(user_id)
     return tuple(ids)
-
-
-# --- The documented shape, read in C -------------------------------------------------------
-#
-# Almost every errors body is exactly what the API page describes. msgspec decodes such a body
-# straight into the few fields below, in C, skipping everything else (stack traces, HTTP
-# details, titles) without building it: about a third of the CPU of a generic decode, and no
-# objects for what is skipped. Each field is typed as narrowly as the documentation allows, so a
-# body msgspec accepts holds only values that `parse_error` reads the same way; a body with
-# anything else anywhere (a count written as text, a missing id, an escaped lone surrogate,
-# nesting past Python's recursion limit) is refused whole, and the caller decodes it generically
-# and reads it with `parse_error`. Both readers end in `_record`, and they agree on every body
-# the first accepts (tests/test_models.py: every field x every deviation, and generated bodies).
-
-_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
-
-
-class _User(msgspec.Struct, gc=False):
-    id: _NonEmpty
-
-
-class _ErrorMeta(msgspec.Struct, gc=False):
-    affected_users: list[_User] | None = None
-
-
-class _ErrorAttributes(msgspec.Struct, gc=False,
-                       rename={"integration_id": "integration-id", "count": "error-count",
-                               "occurred_on": "occurred-on"}):
-    integration_id: _NonEmpty
-    # Integrations raise errors whose code is a number. Within int64 only: beyond it the
-    # generic decoder gives some integers as floats, which read differently.
-    code: str | Annotated[int, msgspec.Meta(ge=1 - _MAX_INT, le=_MAX_INT - 1)]
-    count: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
-    occurred_on: str
-    meta: _ErrorMeta | None = None
-
-
-class _ErrorItem(msgspec.Struct, gc=False):
-    attributes: _ErrorAttributes
-
-
-class _ErrorsBody(msgspec.Struct, gc=False):
-    data: list[_ErrorItem]
-
-
-# With error events on, the id, title and detail too (as documented: strings; anything else
-# sends the body to the generic reader, which reads them as text).
-class _TextAttributes(_ErrorAttributes, gc=False):
-    title: str | None = None
-    detail: str | None = None
-
-
-class _TextItem(msgspec.Struct, gc=False):
-    attributes: _TextAttributes
-    id: str | None = None
-
-
-class _TextBody(msgspec.Struct, gc=False):
-    data: list[_TextItem]
-
-
-_ERRORS_BODY: Final = msgspec.json.Decoder(_ErrorsBody)
-
-
-# A page of the listing in the documented shape, likewise. Each error reference becomes an
-# empty struct (counted, nothing of it read); the page passed jsondecode's density check first,
-# so there are at most a few of them per hundred bytes of page.
-class _Ref(msgspec.Struct, gc=False):
-    pass
-
-
-class _ErrorRefs(msgspec.Struct, gc=False):
-    data: list[_Ref]
-
-
-class _Relationships(msgspec.Struct, gc=False, rename={"errors": "integration-errors"}):
-    errors: _ErrorRefs
-
-
-_Int64 = Annotated[int, msgspec.Meta(ge=1 - _MAX_INT, le=_MAX_INT - 1)]
-
-
-class _IntegrationAttributes(msgspec.Struct, gc=False):
-    name: str | None = None
-    acronym: str | None = None
-    version: str | None = None
-    status: str | _Int64 | None = None
-
-
-class _IntegrationItem(msgspec.Struct, gc=False):
-    id: _NonEmpty
-    attributes: _IntegrationAttributes | None = None
-    relationships: _Relationships | None = None
-
-
-class _PageCount(msgspec.Struct, gc=False):
-    total: Annotated[int, msgspec.Meta(ge=0, le=_MAX_INT - 1)]
-
-
-class _PageMeta(msgspec.Struct, gc=False):
-    page: _PageCount
-
-
-class _ListingPage(msgspec.Struct, gc=False):
-    data: list[_IntegrationItem]
-    meta: _PageMeta
-
-
-_LISTING_PAGE: Final = msgspec.json.Decoder(_ListingPage)
-_NO_ATTRIBUTES: Final = _IntegrationAttributes()
-
-
-class DocumentedPage:
-    """A listing page in the documented shape, as msgspec decoded it, not yet Integrations."""
-
-    __slots__ = ("items", "total")
-
-    def __init__(self, items: list[_IntegrationItem], total: int) -> None:
-        self.items = items
-        self.total = total
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-def documented_page(raw: bytes) -> DocumentedPage | None:
-    """The page's items in the documented shape; None for any other page (or one too dense to
-    decode safely), which the caller decodes generically."""
-    if too_dense(raw):
-        return None
-    try:
-        page = _LISTING_PAGE.decode(raw)
-    except _REFUSED:
-        return None
-    return DocumentedPage(page.data, page.meta.page.total)
-
-
-def documented_integrations(page: DocumentedPage, problems: Problems,
-                            max_text: int = MAX_TEXT) -> list[Integration]:
-    """The Integrations of a documented page: what parse_integration reads from each item."""
-    parsed = []
-    for item in page.items:
-        attrs = item.attributes or _NO_ATTRIBUTES
-        status = attrs.status
-        relationships = item.relationships
-        parsed.append(_integration(
-            item.id[:MAX_TEXT], (attrs.name or "")[:MAX_TEXT], (attrs.acronym or "")[:MAX_TEXT],
-            (attrs.version or "")[:MAX_TEXT],
-            status[:MAX_TEXT] if type(status) is str else None if status is None else str(status),
-            len(relationships.errors.data) if relationships is not None else None,
-            problems, max_text))
-    return parsed
-_TEXT_BODY: Final = msgspec.json.Decoder(_TextBody)
-# ValueError: invalid UTF-8 (UnicodeDecodeError). RecursionError: deep nesting, even in a
-# skipped field.
-_REFUSED = (msgspec.MsgspecError, ValueError, RecursionError)
-
-
-class DocumentedErrors:
-    """An errors body in the documented shape, as msgspec decoded it, not yet records.
-
-    summary.ErrorSummary.add_documented folds these items straight into the summary, without an
-    ErrorRecord per record (about half the CPU of building records and then folding them);
-    iterating gives the records, as `_records` builds them, for any other reader.
-    """
-
-    __slots__ = ("items", "problems")
-
-    def __init__(self, items: list[_ErrorItem], problems: Problems) -> None:
-        self.items = items
-        self.problems = problems
-
-    def __iter__(self) -> Iterator[ErrorRecord]:
-        return iter(_records(self.items, self.problems))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-def documented_batch(body: bytes, problems: Problems) -> DocumentedErrors | None:
-    """The errors body's items in the documented shape; None for any other body."""
-    try:
-        return DocumentedErrors(_ERRORS_BODY.decode(body).data, problems)
-    except _REFUSED:
-        return None
-
-
-Row = tuple[str, str, float | None, float | None, tuple[str, ...]]
-
-
-def documented_rows(batch: DocumentedErrors) -> Iterator[Row]:
-    """Each item's (integration id, code, count, occurred-on, affected users), exactly the
-    fields of the record `_records` would build, without building it."""
-    problems = batch.problems
-    remembered = _TIMESTAMPS.get
-    for item in batch.items:
-        attrs = item.attributes
-        integration_id, code, occurred_on = attrs.integration_id, attrs.code, attrs.occurred_on
-        meta = attrs.meta
-        users = meta.affected_users if meta is not None else None
-        ids = tuple([user.id for user in users]) if users else ()
-        if type(code) is not str or len(integration_id) > MAX_ID or len(code) > MAX_TEXT:
-            record = _record(integration_id, code, float(attrs.count), occurred_on, ids,
-                             problems)  # a cut, or a number for a code: the common reader
-            yield (record.integration_id, record.code, record.count, record.occurred_on, ids)
-            continue
-        # _timestamp, with its table looked up first: one dict lookup per record.
-        seconds = remembered(occurred_on) if 10 <= len(occurred_on) <= 64 else None
-        if seconds is None:
-            seconds = _timestamp(occurred_on, problems)
-        yield integration_id, code, float(attrs.count), seconds, ids
-
-
-def documented_errors(body: bytes, problems: Problems,
-                      text: bool = False) -> list[ErrorRecord] | None:
-    """The records of an errors body in the documented shape; None for any other body.
-
-    Memory: only the fields above are built, a few objects per record (at most about 11 times
-    the body, for a body of nothing but one-character user ids); the body is already bounded in
-    size by the reader (client.WHOLE_ERRORS_BYTES).
-    """
-    try:
-        if text:
-            detailed = _TEXT_BODY.decode(body).data
-            records = _records(detailed, problems)  # type: ignore[arg-type]
-            for record, item in zip(records, detailed, strict=True):
-                record.text = error_text(item.id, item.attributes.title, item.attributes.detail)
-            return records
-        items = _ERRORS_BODY.decode(body).data
-    except _REFUSED:
-        return None
-    return _records(items, problems)
-
-
-def _records(items: list[_ErrorItem], problems: Problems) -> list[ErrorRecord]:
-    records = []
-    for item in items:
-        attrs = item.attributes
-        meta = attrs.meta
-        users = meta.affected_users if meta is not None else None
-        records.append(_record(attrs.integration_id, attrs.code, float(attrs.count),
-                               attrs.occurred_on,
-                               tuple([user.id for user in users]) if users else (), problems))
-    return records

@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polarity_exporter import metrics
-from polarity_exporter.models import (
+from polarity_exporter.documented import (
     DocumentedErrors,
     DocumentedPage,
+    documented_integrations,
+    documented_rows,
+)
+from polarity_exporter.models import (
     ErrorRecord,
     Integration,
     Problems,
-    documented_integrations,
-    documented_rows,
     parse_integration,
 )
 

@@ -1,5 +1,5 @@
 """Errors bodies for the readers' tests: the documented shape, and every way a record can
-deviate from it (models.documented_errors, errorstream.py)."""
+deviate from it (documented.documented_errors, errorstream.py)."""
 
 from __future__ import annotations
 

@@ -15,15 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polarity_exporter.client import _count_refs
-from polarity_exporter.jsondecode import decode_json
-from polarity_exporter.models import (
-    ErrorRecord,
-    Problems,
+from polarity_exporter.documented import (
     documented_batch,
     documented_errors,
     documented_integrations,
     documented_page,
     documented_rows,
+)
+from polarity_exporter.jsondecode import decode_json
+from polarity_exporter.models import (
+    ErrorRecord,
+    Problems,
     parse_error,
     parse_errors,
     parse_integration,
@@ -127,7 +129,7 @@ def test_integration_without_id_is_counted() -> None:
     assert problems == {"id": 1}
 
 
-# --- The documented shape, read in C (models.documented_errors) ------------------------------
+# --- The documented shape, read in C (documented.errors) ------------------------------
 
 def generic(body: bytes) -> tuple[list[ErrorRecord], Problems]:
     """What the exporter reads from a body outside the documented shape."""
@@ -136,7 +138,7 @@ def generic(body: bytes) -> tuple[list[ErrorRecord], Problems]:
 
 
 def folded_rows(body: bytes) -> tuple[list[Any] | None, Problems]:
-    """What the summary folds from a body in the documented shape (models.documented_rows),
+    """What the summary folds from a body in the documented shape (documented.rows),
     as records: it must be what the record readers read."""
     problems: Problems = Counter()
     batch = documented_batch(body, problems)
@@ -288,10 +290,10 @@ def test_the_remembered_timestamps_are_bounded_and_exact() -> None:
     for second in range(models.TIMESTAMPS_LIMIT + 100):
         text = f"2024-01-01T00:{second // 3600 % 60:02d}:{second % 60:02d}.{second:06d}Z"
         assert parse_timestamp(text) == models._parse_timestamp(text)
-    assert len(models._TIMESTAMPS) <= models.TIMESTAMPS_LIMIT
+    assert len(models.TIMESTAMPS) <= models.TIMESTAMPS_LIMIT
 
 
-# --- A listing page in the documented shape, read in C (models.documented_page) ---------------
+# --- A listing page in the documented shape, read in C (documented.page) ---------------
 
 PAGE_ITEM: dict[str, Any] = {
     "id": "virustotal_3_1", "type": "integrations",
