@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from polarity_exporter.basicauth import BasicAuth
 from polarity_exporter.config import ConfigError
-from polarity_exporter.webconfig import BasicAuth, RateLimitSettings, WebSecurity, load_web_config
+from polarity_exporter.webconfig import RateLimitSettings, WebSecurity, load_web_config
 
 log = logging.getLogger(__name__)
 

@@ -574,7 +574,8 @@ def web_ci_pod(tmp_path: Path) -> Any:
 
 
 def test_rendered_web_config_loads_with_the_exporters_own_loader(web_ci_pod: Any) -> None:
-    from polarity_exporter.webconfig import BasicAuth, load_web_config
+    from polarity_exporter.basicauth import BasicAuth
+    from polarity_exporter.webconfig import load_web_config
 
     _, path, _ = web_ci_pod
     security = load_web_config(str(path))
