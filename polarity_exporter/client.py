@@ -47,11 +47,7 @@ from polarity_exporter.errors import (
     RateLimitedError,
 )
 from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
-from polarity_exporter.models import (
-    ErrorRecord,
-    Problems,
-    parse_errors,
-)
+from polarity_exporter.models import ErrorRecord, Problems, parse_errors
 from polarity_exporter.transport import Transport
 
 __all__ = ["MAX_PAGES", "MAX_PAGE_BYTES", "MAX_RETRIES", "WHOLE_ERRORS_BYTES", "AuthError",
@@ -300,7 +296,7 @@ class PolarityClient:
         shape as one DocumentedErrors, which the summary folds without a record per record.
 
         A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape by msgspec
-        (documented.batch), otherwise generically and record by record. A larger
+        (documented.documented_batch), otherwise generically and record by record. A larger
         body is streamed record by record through ijson behind a StreamGuard
         (jsondecode.stream_items), so it is never held whole.
         """

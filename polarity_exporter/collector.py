@@ -19,17 +19,10 @@ from polarity_exporter import __version__, metrics, pools
 from polarity_exporter.client import Listing, PolarityClient
 from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
-from polarity_exporter.documented import (
-    DocumentedPage,
-    documented_integrations,
-)
+from polarity_exporter.documented import DocumentedPage
 from polarity_exporter.errors import DeadlineExceeded, PolarityError
 from polarity_exporter.events import ErrorEvents, Read
-from polarity_exporter.models import (
-    Integration,
-    Problems,
-    parse_integration,
-)
+from polarity_exporter.models import Integration, Problems
 from polarity_exporter.summary import (
     OTHER_ID,
     ErrorSummary,
@@ -169,10 +162,7 @@ class PolarityCollector:
 
         def parse(items: list[Any] | DocumentedPage) -> list[Integration]:
             # Called for one page at a time (the client decodes pages one by one).
-            if isinstance(items, DocumentedPage):
-                return documented_integrations(items, problems, max_text)
-            parsed = (parse_integration(item, problems, max_text) for item in items)
-            return [integration for integration in parsed if integration is not None]
+            return parse_integrations(items, problems, max_text)
 
         listing = self._client.list_integrations(deadline, parse, _integration_id)
         if not listing.complete:

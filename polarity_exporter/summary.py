@@ -18,12 +18,7 @@ from polarity_exporter.documented import (
     documented_integrations,
     documented_rows,
 )
-from polarity_exporter.models import (
-    ErrorRecord,
-    Integration,
-    Problems,
-    parse_integration,
-)
+from polarity_exporter.models import MAX_TEXT, ErrorRecord, Integration, Problems, parse_integration
 
 OTHER_CODE = metrics.OTHER
 # Control characters become a space: a legend showing U+FFFD reads as broken data, a space as
@@ -171,12 +166,12 @@ def capped_codes(codes: dict[str, CodeStats], limit: int) -> tuple[dict[str, Cod
     return kept, len(rest)
 
 
-def parse_integrations(items: Iterable[Any] | DocumentedPage,
-                       problems: Problems) -> list[Integration]:
+def parse_integrations(items: Iterable[Any] | DocumentedPage, problems: Problems,
+                       max_text: int = MAX_TEXT) -> list[Integration]:
     """One page's integrations, from generic items or a page in the documented shape."""
     if isinstance(items, DocumentedPage):
-        return documented_integrations(items, problems)
-    parsed = (parse_integration(item, problems) for item in items)
+        return documented_integrations(items, problems, max_text)
+    parsed = (parse_integration(item, problems, max_text) for item in items)
     return [integration for integration in parsed if integration is not None]
 
 
