@@ -98,16 +98,25 @@ class _Page(Generic[T]):
 
 
 # relationships.integration-errors.data: a list of {"id", "type"} references, one for each
-# error record, of which the exporter reads only the length. Matched only when it holds no
-# bracket; anything else is decoded as it is.
-_REFS = re.compile(rb'("integration-errors"\s*:\s*\{\s*"data"\s*:\s*)\[([^\[\]]*)\]')
+# error record, of which the exporter reads only the length. For a page outside the documented
+# shape (documented.py reads the others), such a list is replaced by as many zeros when it is
+# exactly a list of flat objects: JSON strings are matched whole (a "]" or "{" inside one is
+# text, not structure), and a list holding anything else is left to be decoded as it is.
+_STRING = rb'"(?:[^"\\]|\\.)*"'
+_REFS = re.compile(rb'("integration-errors"\s*:\s*\{\s*"data"\s*:\s*)\[((?:' + _STRING +
+                   rb'|[^\[\]"])*)\]')
+_STRINGS = re.compile(_STRING)
+_FLAT_OBJECTS = re.compile(rb"\s*(?:\{[^{}\[\]]*\}\s*(?:,\s*\{[^{}\[\]]*\}\s*)*)?")
 
 
 def _count_refs(raw: bytes) -> bytes:
     """The page with each list of error references replaced by as many zeros: the same
     length, without a dict and two strings for each of up to 100,000 references."""
     def zeros(match: re.Match[bytes]) -> bytes:
-        refs = match.group(2).count(b"{")
+        structure = _STRINGS.sub(b'""', match.group(2))
+        if not _FLAT_OBJECTS.fullmatch(structure):
+            return match.group(0)
+        refs = structure.count(b"{")
         return match.group(1) + b"[" + b",".join([b"0"] * refs) + b"]"
     return _REFS.sub(zeros, raw) if b'"integration-errors"' in raw else raw
 

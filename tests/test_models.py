@@ -388,3 +388,24 @@ def test_the_simulators_listing_is_read_in_the_documented_shape(simulator: Simul
                        params={"page[size]": "1000"},
                        headers={"Authorization": f"Bearer {token}"}).content
     assert assert_pages_alike(raw)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10) | st.text("[]{}\"\\,: ab\u00e9", max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text("[]{}\"\\ab", max_size=4), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(JSON_VALUES, max_size=5), st.text("[]{}\"\\ab", max_size=5))
+def test_counting_references_keeps_every_page_valid_and_every_count(refs: list[Any],
+                                                                    name: str) -> None:
+    """Whatever the references hold (brackets and quotes in strings, nesting, other types),
+    the page stays valid JSON, the same length of references, and the same everything else."""
+    page = {"data": [{"id": "a", "attributes": {"name": name},
+                      "relationships": {"integration-errors": {"data": refs}}}]}
+    counted = json.loads(_count_refs(json.dumps(page).encode()))
+    item = counted["data"][0]
+    assert len(item["relationships"]["integration-errors"]["data"]) == len(refs)
+    assert item["attributes"]["name"] == name
