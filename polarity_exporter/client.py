@@ -8,7 +8,7 @@ one line naming the cause (never a secret).
 
 Memory is bounded whatever the server sends: a listing page is read up to MAX_PAGE_BYTES and
 folded into records as it arrives (pages are decoded one at a time); the errors body is decoded
-whole only up to WHOLE_ERRORS_BYTES, and streamed beyond that.
+whole only up to WHOLE_ERRORS_BYTES, and in pieces or streamed beyond that.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from polarity_exporter.errors import (
 )
 from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
 from polarity_exporter.models import ErrorRecord, Problems, parse_errors
+from polarity_exporter.pieces import read_streamed
 from polarity_exporter.transport import Transport
 
 __all__ = ["MAX_PAGES", "MAX_PAGE_BYTES", "MAX_RETRIES", "WHOLE_ERRORS_BYTES", "AuthError",
@@ -306,8 +307,9 @@ class PolarityClient:
 
         A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape by msgspec
         (documented.documented_batch), otherwise generically and record by record. A larger
-        body is streamed record by record through ijson behind a StreamGuard
-        (jsondecode.stream_items), so it is never held whole.
+        body is never held whole: it is decoded in pieces of whole records for as long as it is
+        in the documented shape (pieces.py), and the rest streamed record by record through
+        ijson behind a StreamGuard (jsondecode.stream_items); with `text`, all of it by ijson.
         """
         with self._get(ERRORS, deadline, ERRORS) as response:
             check_json(response, ERRORS)
@@ -317,9 +319,14 @@ class PolarityClient:
             head, whole = reader.read_up_to(WHOLE_ERRORS_BYTES)
             if not whole:
                 deadline.note(f"{ERRORS}: body over {WHOLE_ERRORS_BYTES} bytes, read as a stream")
-                reader.replay(head)
-                del head
-                yield from parse_errors(stream_items(reader, guard, ERRORS), problems, text)
+                if text:  # titles and details: the streaming parser reads every field anyway
+                    reader.replay(head)
+                    del head
+                    yield from parse_errors(stream_items(reader, guard, ERRORS), problems, text)
+                else:
+                    streamed = read_streamed(head, reader, guard, problems, deadline, ERRORS)
+                    del head
+                    yield from streamed
                 return
             with self._decode_lock:  # one whole body decoded at a time, pages included
                 records: list[ErrorRecord] | DocumentedErrors | None = \

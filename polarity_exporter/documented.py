@@ -204,6 +204,21 @@ def documented_batch(body: bytes, problems: Problems) -> DocumentedErrors | None
         return None
 
 
+_PIECE: Final = msgspec.json.Decoder(list[_ErrorItem])
+
+
+def documented_piece(data: bytes, begin: int, end: int,
+                     problems: Problems) -> DocumentedErrors | None:
+    """The records of data[begin:end], a piece of a streamed errors body (records and the commas
+    between them), in the documented shape; None for anything else, which includes a piece
+    that does not end where a record ends: `[piece]` is then no JSON array."""
+    try:
+        items = _PIECE.decode(b"".join((b"[", memoryview(data)[begin:end], b"]")))
+    except _REFUSED:
+        return None
+    return DocumentedErrors(items, problems)
+
+
 Row = tuple[str, str, float | None, float | None, tuple[str, ...]]
 
 
@@ -211,7 +226,7 @@ def documented_rows(batch: DocumentedErrors) -> Iterator[Row]:
     """Each item's (integration id, code, count, occurred-on, affected users), exactly the
     fields of the record `_records` would build, without building it."""
     problems = batch.problems
-    remembered = TIMESTAMPS.get
+    remembered = TIMESTAMPS.get  # the usual case; read_timestamp parses and remembers
     for item in batch.items:
         attrs = item.attributes
         integration_id, code, occurred_on = attrs.integration_id, attrs.code, attrs.occurred_on

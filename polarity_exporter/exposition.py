@@ -21,6 +21,8 @@ from prometheus_client.exposition import generate_latest as client_text
 from prometheus_client.openmetrics.exposition import generate_latest as client_openmetrics
 from prometheus_client.registry import Collector
 
+from polarity_exporter.memo import Memo
+
 _LEGACY_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LEGACY_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _SIMPLE_TYPES = frozenset({"gauge", "counter", "unknown"})
@@ -36,11 +38,11 @@ class _One(Collector):
 
 
 # Sample values repeat from scrape to scrape (counts, the timestamps of records that stay), and
-# repr() of a 16-digit float costs microseconds: the text of each distinct value is remembered.
-# Bounded: past the limit the table starts again. Zero is never kept (0.0 == -0.0, whose texts
-# differ), nor NaN (never equal to itself, so never found).
+# repr() of a 16-digit float costs microseconds: the text of each distinct value is remembered
+# (memo.py: at most twice the limit). Zero is never kept (0.0 == -0.0, whose texts differ), nor
+# NaN (never equal to itself, so never found).
 FLOAT_TEXTS_LIMIT = 20_000
-_FLOAT_TEXTS: dict[float, str] = {}
+_FLOAT_TEXTS: Memo[float, str] = Memo(lambda value: _go_float(value), FLOAT_TEXTS_LIMIT)
 
 
 def go_float(value: float) -> str:
@@ -50,9 +52,7 @@ def go_float(value: float) -> str:
         return text
     text = _go_float(value)
     if value and value == value:
-        if len(_FLOAT_TEXTS) >= FLOAT_TEXTS_LIMIT:
-            _FLOAT_TEXTS.clear()
-        _FLOAT_TEXTS[value] = text
+        _FLOAT_TEXTS.remember(value, text)
     return text
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
@@ -190,9 +191,11 @@ class StreamedBody(Protocol):
     def read(self, size: int = -1) -> bytes: ...
 
 
-def stream_items(body: StreamedBody, guard: StreamGuard, what: str) -> Iterator[Any]:
+def stream_items(body: StreamedBody, guard: StreamGuard, what: str,
+                 empty: bool = False) -> Iterator[Any]:
     """The records of `data` in a streamed body, one at a time, as ijson's C backend reads them
-    behind `guard` (which sees every slice first)."""
+    behind `guard` (which sees every slice first). `empty`: a body without records is no error
+    (the rest of a body whose first records were read another way)."""
     count = 0
     try:
         # use_float=False: numbers ijson's C backend cannot hold as int or float (1e400,
@@ -207,5 +210,69 @@ def stream_items(body: StreamedBody, guard: StreamGuard, what: str) -> Iterator[
         # surrogate ("\udc00"). ArithmeticError: decimal.InvalidOperation on a number token.
         reason = " ".join(str(exc).split())[:120]
         raise ProtocolError(f"{what}: response is not valid JSON ({reason})") from None
-    if count == 0:
+    if count == 0 and not empty:
         raise ProtocolError(f"{what}: {body.total} bytes without a 'data' list of records")
+
+
+# --- where a run of records ends --------------------------------------------------------------
+
+# A backslash escape (the byte after a backslash, whatever it is), a quote, or a bracket.
+_TOKENS: Final = re.compile(rb'\\.|["{}\[\]]', re.DOTALL)
+# Quotes after a run of more backslashes than this are not counted (a pass over the bytes per
+# backslash): no text Polarity writes has one, and the caller then reads the body as before.
+MAX_ESCAPE_RUN = 16
+
+
+def _escaped_quotes(data: bytes, begin: int, end: int) -> int | None:
+    """How many quotes in data[begin:end] are escaped: a quote after a run of k backslashes is
+    when k is odd. bytes.count of k backslashes and a quote counts the quotes after runs of at
+    least k (each match ends at its quote, so none overlap); None past MAX_ESCAPE_RUN."""
+    escaped, run = 0, 1
+    at_least = data.count(b'\\"', begin, end)
+    while at_least:
+        if run > MAX_ESCAPE_RUN:
+            return None
+        longer = data.count(b"\\" * (run + 1) + b'"', begin, end)
+        if run % 2:
+            escaped += at_least - longer
+        run, at_least = run + 1, longer
+    return escaped
+
+
+def value_end(data: bytes, begin: int, end: int, tail: int) -> int | None:
+    """Where the last value that is an object ends in data[begin:end], a run of
+    comma-separated values of a JSON array that starts between two of them; None if none is
+    found.
+
+    Only the last `tail` bytes are walked (all of them when `tail` covers the run): whether
+    the walk starts inside a string is known exactly from the quotes before it (minus the
+    escaped ones), and of the objects that close in the walk, the value ends are those that
+    close at the lowest depth. With the whole run walked, the answer is exact; from a tail it
+    is exact whenever the tail holds the end of a value, which the caller proves by decoding
+    `[data[begin:cut]]`: that decodes only if the cut ends a value.
+    """
+    start = max(begin, end - tail)
+    while start > begin and data[start - 1] == 0x5C:  # never inside a run of backslashes
+        start -= 1
+    escaped = _escaped_quotes(data, begin, start)
+    if escaped is None:
+        return None
+    in_string = (data.count(b'"', begin, start) - escaped) % 2
+    # Depth relative to where the walk starts; walked from `begin`, it is the depth.
+    depth, best, lowest, exact = 0, None, 0, None
+    for match in _TOKENS.finditer(data, start, end):
+        token = data[match.start()]
+        if token == 0x22:  # "
+            in_string ^= 1
+        elif in_string or token == 0x5C:
+            continue
+        elif token == 0x7B or token == 0x5B:  # { [
+            depth += 1
+        else:
+            depth -= 1
+            if token == 0x7D:
+                if best is None or depth <= lowest:
+                    best, lowest = match.end(), depth
+                if depth == 0:
+                    exact = match.end()
+    return exact if start == begin else best

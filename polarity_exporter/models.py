@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from polarity_exporter.jsondecode import json_float
+from polarity_exporter.memo import Memo
 
 # Counter of unreadable fields, keyed by field name (a small fixed set: safe as a metric label).
 Problems = Counter[str]
@@ -258,21 +259,14 @@ def _count(value: Any, problems: Problems) -> float | None:
 
 
 # A record's occurred-on stays the same from scrape to scrape, and parsing one costs about a
-# microsecond: each distinct text is parsed once, into a table that starts again when full
-# (about 150 bytes an entry).
+# microsecond: each distinct text is parsed once (memo.py: at most twice the limit, about 150
+# bytes an entry).
 TIMESTAMPS_LIMIT = 20_000
-TIMESTAMPS: dict[str, float] = {}
 
 
 def parse_timestamp(value: str) -> float:
     """ISO 8601 as Polarity writes it: space or T, optional fraction, Z or an offset or none."""
-    seconds = TIMESTAMPS.get(value)
-    if seconds is None:
-        seconds = _parse_timestamp(value)
-        if len(TIMESTAMPS) >= TIMESTAMPS_LIMIT:
-            TIMESTAMPS.clear()
-        TIMESTAMPS[value] = seconds
-    return seconds
+    return TIMESTAMPS(value)
 
 
 def _parse_timestamp(value: str) -> float:
@@ -292,6 +286,9 @@ def _fromisoformat_lenient(value: str) -> datetime:
     if text.endswith(("z", "Z")):
         text = text[:-1] + "+00:00"
     return datetime.fromisoformat(text)
+
+
+TIMESTAMPS: Memo[str, float] = Memo(_parse_timestamp, TIMESTAMPS_LIMIT)
 
 
 def read_timestamp(value: Any, problems: Problems) -> float | None:

@@ -1,0 +1,157 @@
+"""An errors body too large to decode whole, decoded by msgspec a piece at a time when it is in
+the documented shape.
+
+The streaming parser (ijson) reads about 90 MB/s and builds a dict of every field of every
+record; msgspec decodes only the fields the exporter reads, several times faster, but only
+whole documents. So the records are taken in pieces, each a run of whole records: the cut is
+proposed by jsondecode.value_end, string-aware, from the bytes at the end of what was read, and
+proven by the decode itself, since `[piece]` is a JSON array only if the cut ends a record. No
+cut is a guess. Anything else (a body that does not start `{"data": [`, a piece msgspec refuses,
+no provable cut within MAX_BUFFER_BYTES, the end of the records) hands the rest of the body,
+from the last proven cut, to the streaming parser behind its guard, which reads it as it read
+every streamed body before.
+
+Memory: the buffer holds at most MAX_BUFFER_BYTES, and a piece decodes to the few fields read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Generator, Iterator
+from typing import Final
+
+from polarity_exporter.bodies import BodyReader
+from polarity_exporter.deadline import Deadline
+from polarity_exporter.documented import DocumentedErrors, documented_piece
+from polarity_exporter.jsondecode import StreamGuard, stream_items, value_end
+from polarity_exporter.models import ErrorRecord, Problems, parse_errors
+
+# Read between two cuts, and the most a piece is first cut from.
+PIECE_BYTES = 1024 * 1024
+# Bytes without a provable cut, after which the rest goes to the streaming parser (which
+# refuses a record over jsondecode.MAX_STREAM_RECORD_BYTES).
+MAX_BUFFER_BYTES = 4 * PIECE_BYTES
+# The first walk for a cut covers this much of a piece's end (a few records); then 16 times
+# more, up to the whole piece.
+FIRST_TAIL = 16 * 1024
+# The documented body's start, up to its first record: only then is the first record known.
+_START: Final = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"data"[ \t\r\n]*:[ \t\r\n]*\[')
+_SPACE: Final = re.compile(rb"[ \t\r\n]*")
+_REST: Final = b'{"data":['  # what the streaming parser is given before the rest
+
+
+def read_streamed(head: bytes, reader: BodyReader, guard: StreamGuard, problems: Problems,
+                  deadline: Deadline, what: str) -> Iterator[DocumentedErrors | ErrorRecord]:
+    """The records of a body whose first `head` bytes were read, as DocumentedErrors pieces for
+    as long as they are in the documented shape, then as records from the streaming parser.
+    The caller keeps no reference to `head`: it is let go once read."""
+    start = _START.match(head)
+    pieces = _Pieces(reader, problems)
+    if start is None:
+        rest = head
+    else:
+        read = pieces.read(head, start.end())
+        del head
+        rest = _REST + (yield from read)
+    if pieces.count:
+        deadline.note(f"{what}: {pieces.records} records in {pieces.count} pieces decoded in the "
+                      "documented shape" + (f", the rest ({len(rest) - len(_REST)} bytes read "
+                                            "so far) streamed" if not pieces.done else ""))
+    reader.replay(rest)
+    del rest
+    yield from parse_errors(stream_items(reader, guard, what, empty=pieces.count > 0), problems)
+
+
+class _Pieces:
+    def __init__(self, reader: BodyReader, problems: Problems) -> None:
+        self._reader = reader
+        self._problems = problems
+        self._ended = False  # the whole body is read
+        self.count = 0
+        self.records = 0
+        self.done = False  # every record was in a piece
+
+    def read(self, data: bytes, begin: int) -> Generator[DocumentedErrors, None, bytes]:
+        """Pieces while there are provable cuts, from data[begin:] on; returns the rest of what
+        was read, from where a record starts (or the records end)."""
+        window = PIECE_BYTES
+        while True:
+            data, begin = self._ensure(data, begin, window)
+            begin = _SPACE.match(data, begin).end()  # type: ignore[union-attr]
+            if data[begin:begin + 1] == b"]":
+                self.done = True
+                return data[begin:]
+            stop = min(len(data), begin + window)
+            if self._ended and stop == len(data):  # the end of the body is here
+                last = _last_records(data, begin, self._problems)
+                if last is not None:
+                    batch, begin = last
+                    self._add(batch)
+                    self.done = True
+                    yield batch
+                    return data[begin:]
+            cut = _cut(data, begin, stop, self._problems)
+            if cut is None:
+                if window >= MAX_BUFFER_BYTES or (self._ended and stop == len(data)):
+                    return data[begin:]
+                window *= 2
+                continue
+            window = PIECE_BYTES
+            batch, begin = cut
+            self._add(batch)
+            yield batch
+            data, begin = self._ensure(data, begin, 1)
+            begin = _SPACE.match(data, begin).end()  # type: ignore[union-attr]
+            data, begin = self._ensure(data, begin, 1)
+            if data[begin:begin + 1] != b",":  # the records end here (or the JSON does)
+                self.done = data[begin:begin + 1] == b"]"
+                return data[begin:]
+            begin += 1
+
+    def _add(self, batch: DocumentedErrors) -> None:
+        self.count += 1
+        self.records += len(batch)
+
+    def _ensure(self, data: bytes, begin: int, size: int) -> tuple[bytes, int]:
+        """At least `size` bytes from `begin` on, unless the body ends first: what is left of
+        `data` (usually part of a record) followed by more of the body."""
+        while len(data) - begin < size and not self._ended:
+            more, self._ended = self._reader.read_up_to(PIECE_BYTES)
+            data, begin = data[begin:] + more, 0
+        return data, begin
+
+
+def _cut(data: bytes, begin: int, end: int,
+         problems: Problems) -> tuple[DocumentedErrors, int] | None:
+    """The records of data[begin:end] up to the last cut the decode proves, and where it is;
+    None if there is none (no whole record yet, or records outside the documented shape)."""
+    tail = FIRST_TAIL
+    while True:
+        cut = value_end(data, begin, end, tail)
+        if cut is not None:
+            batch = documented_piece(data, begin, cut, problems)
+            if batch is not None:
+                return batch, cut
+        if tail >= end - begin:
+            return None
+        tail *= 16
+
+
+# `]` tried from the end of a body read whole, for the one that ends the records.
+LAST_BRACKETS = 4
+
+
+def _last_records(data: bytes, begin: int,
+                  problems: Problems) -> tuple[DocumentedErrors, int] | None:
+    """The records of data[begin:] up to the `]` that ends them, in a body read to its end; and
+    where that `]` is. Tried from the end (what follows the records is short); the decode
+    proves it: `[data[begin:at]]` decodes only if the records end at `at`."""
+    at = len(data)
+    for _ in range(LAST_BRACKETS):
+        at = data.rfind(b"]", begin, at)
+        if at < 0:
+            return None
+        batch = documented_piece(data, begin, at, problems)
+        if batch is not None:
+            return batch, at
+    return None
