@@ -32,8 +32,12 @@ PIECE_BYTES = 1024 * 1024
 # refuses a record over jsondecode.MAX_STREAM_RECORD_BYTES).
 MAX_BUFFER_BYTES = 4 * PIECE_BYTES
 # The first walk for a cut covers this much of a piece's end (a few records); then 16 times
-# more, up to the whole piece.
+# more, up to the whole piece. The next piece starts from the walk that found the cut. A cut
+# that needed more than MAX_TAIL (records of hundreds of KiB: no error record Polarity writes)
+# is the last: the walk is Python, byte by byte of structure, and such a body would cost more
+# CPU in pieces than in the streaming parser.
 FIRST_TAIL = 16 * 1024
+MAX_TAIL = 256 * 1024
 # The documented body's start, up to its first record: only then is the first record known.
 _START: Final = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"data"[ \t\r\n]*:[ \t\r\n]*\[')
 _SPACE: Final = re.compile(rb"[ \t\r\n]*")
@@ -46,7 +50,7 @@ def read_streamed(head: bytes, reader: BodyReader, guard: StreamGuard, problems:
     as long as they are in the documented shape, then as records from the streaming parser.
     The caller keeps no reference to `head`: it is let go once read."""
     start = _START.match(head)
-    pieces = _Pieces(reader, problems)
+    pieces = _Pieces(reader, problems, deadline, what)
     if start is None:
         rest = head
     else:
@@ -63,54 +67,74 @@ def read_streamed(head: bytes, reader: BodyReader, guard: StreamGuard, problems:
 
 
 class _Pieces:
-    def __init__(self, reader: BodyReader, problems: Problems) -> None:
+    def __init__(self, reader: BodyReader, problems: Problems, deadline: Deadline,
+                 what: str) -> None:
         self._reader = reader
         self._problems = problems
+        self._deadline = deadline
+        self._what = what
+        self._tail = FIRST_TAIL
         self._ended = False  # the whole body is read
         self.count = 0
         self.records = 0
         self.done = False  # every record was in a piece
 
     def read(self, data: bytes, begin: int) -> Generator[DocumentedErrors, None, bytes]:
-        """Pieces while there are provable cuts, from data[begin:] on; returns the rest of what
-        was read, from where a record starts (or the records end)."""
+        """Pieces while there are provable cuts, from data[begin:] (just after the records'
+        `[`) on; returns the rest of what was read: from where the next record starts, or from
+        what ends the records (`]`; or a comma or anything else that makes the body invalid,
+        left for the streaming parser to refuse as it refused such bodies before)."""
+        data, begin = self._space(data, begin)
+        if data[begin:begin + 1] == b"]":  # no records
+            return data[begin:]
+        while True:
+            data, begin, batch = self._cut(data, begin)
+            if batch is None:
+                return data[begin:]
+            self.count += 1
+            self.records += len(batch)
+            yield batch
+            data, begin = self._space(data, begin)
+            if data[begin:begin + 1] != b",":  # the records end here (or the JSON does)
+                self.done = data[begin:begin + 1] == b"]"
+                return data[begin:]
+            data, after = self._space(data, begin + 1)
+            if data[after:after + 1] in (b"]", b""):
+                return data[begin:]  # `,]` or a cut-off body: the comma stays, to be refused
+            if self._tail > MAX_TAIL:  # records of hundreds of KiB: the streaming parser
+                return data[after:]
+            begin = after
+
+    def _cut(self, data: bytes,
+             begin: int) -> tuple[bytes, int, DocumentedErrors | None]:
+        """The next piece from `begin` (a record's start), reading more of the body as needed:
+        the data read so far, where the piece ends, and its records; without a provable cut,
+        where it would have started, and None."""
         window = PIECE_BYTES
         while True:
+            self._deadline.check(self._what)  # the walks and decodes between reads, too
             data, begin = self._ensure(data, begin, window)
-            begin = _SPACE.match(data, begin).end()  # type: ignore[union-attr]
-            if data[begin:begin + 1] == b"]":
-                self.done = True
-                return data[begin:]
             stop = min(len(data), begin + window)
             if self._ended and stop == len(data):  # the end of the body is here
                 last = _last_records(data, begin, self._problems)
                 if last is not None:
-                    batch, begin = last
-                    self._add(batch)
-                    self.done = True
-                    yield batch
-                    return data[begin:]
-            cut = _cut(data, begin, stop, self._problems)
-            if cut is None:
-                if window >= MAX_BUFFER_BYTES or (self._ended and stop == len(data)):
-                    return data[begin:]
-                window *= 2
-                continue
-            window = PIECE_BYTES
-            batch, begin = cut
-            self._add(batch)
-            yield batch
+                    return data, last[1], last[0]
+            cut = _cut(data, begin, stop, self._problems, self._tail)
+            if cut is not None:
+                batch, end, self._tail = cut
+                return data, end, batch
+            if window >= MAX_BUFFER_BYTES or (self._ended and stop == len(data)):
+                return data, begin, None
+            window *= 2
+
+    def _space(self, data: bytes, begin: int) -> tuple[bytes, int]:
+        """Past the whitespace at `begin`, and at least one byte further unless the body
+        ends."""
+        while True:
             data, begin = self._ensure(data, begin, 1)
             begin = _SPACE.match(data, begin).end()  # type: ignore[union-attr]
-            data, begin = self._ensure(data, begin, 1)
-            if data[begin:begin + 1] != b",":  # the records end here (or the JSON does)
-                self.done = data[begin:begin + 1] == b"]"
-                return data[begin:]
-            begin += 1
-
-    def _add(self, batch: DocumentedErrors) -> None:
-        self.count += 1
-        self.records += len(batch)
+            if begin < len(data) or self._ended:
+                return data, begin
 
     def _ensure(self, data: bytes, begin: int, size: int) -> tuple[bytes, int]:
         """At least `size` bytes from `begin` on, unless the body ends first: what is left of
@@ -121,17 +145,17 @@ class _Pieces:
         return data, begin
 
 
-def _cut(data: bytes, begin: int, end: int,
-         problems: Problems) -> tuple[DocumentedErrors, int] | None:
-    """The records of data[begin:end] up to the last cut the decode proves, and where it is;
-    None if there is none (no whole record yet, or records outside the documented shape)."""
-    tail = FIRST_TAIL
+def _cut(data: bytes, begin: int, end: int, problems: Problems,
+         tail: int) -> tuple[DocumentedErrors, int, int] | None:
+    """The records of data[begin:end] up to the last cut the decode proves, where it is, and
+    the walk that found it; None if there is none (no whole record yet, or records outside the
+    documented shape)."""
     while True:
         cut = value_end(data, begin, end, tail)
         if cut is not None:
             batch = documented_piece(data, begin, cut, problems)
             if batch is not None:
-                return batch, cut
+                return batch, cut, tail
         if tail >= end - begin:
             return None
         tail *= 16

@@ -71,6 +71,7 @@ def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pieces, "PIECE_BYTES", 700)
     monkeypatch.setattr(pieces, "MAX_BUFFER_BYTES", 4000)
     monkeypatch.setattr(pieces, "FIRST_TAIL", 64)
+    monkeypatch.setattr(pieces, "MAX_TAIL", 1024)
 
 
 def record_ends(run: bytes) -> list[int]:
@@ -145,9 +146,11 @@ def test_bodies_of_other_layouts_read_the_same(small_pieces: None, body: bytes) 
     assert by_pieces(body, 100) == by_stream(body)
 
 
-@pytest.mark.parametrize("tail", [b"", b"]", b"],", b']}x', b", {", b"}]}"],
+@pytest.mark.parametrize("tail", [b"", b"]", b"],", b']}x', b", {", b"}]}", b",]}", b", ]}",
+                                  b",", b"]]}"],
                          ids=["no-end", "no-object-end", "dangling", "trailing-garbage",
-                              "cut-record", "extra-brace"])
+                              "cut-record", "extra-brace", "trailing-comma",
+                              "trailing-comma-space", "cut-after-comma", "extra-bracket"])
 def test_a_broken_end_fails_the_part_as_the_streaming_parser_does(small_pieces: None,
                                                                  tail: bytes) -> None:
     body = b'{"data":[' + b",".join([json.dumps(BASE).encode()] * 9) + tail
@@ -171,6 +174,21 @@ def test_a_body_of_many_pieces_is_decoded_in_pieces_not_streamed(small_pieces: N
     assert len(read) > 20  # pieces of a few records each
     assert sum(len(batch) for batch in read) == 200  # type: ignore[arg-type]
     assert all(type(batch).__name__ == "DocumentedErrors" for batch in read)
+
+
+def test_records_that_need_a_long_walk_leave_the_rest_to_the_streaming_parser(
+        small_pieces: None) -> None:
+    # Each record needs a walk over more than MAX_TAIL to find its end: after the first such
+    # piece, pieces would cost more than the streaming parser.
+    big = changed(BASE, ("attributes", "meta", "stack"), "x" * 3000)
+    body = body_of([big] * 6)
+    reader = reader_of(body)
+    head, _ = reader.read_up_to(100)
+    problems: Problems = Counter()
+    read = list(pieces.read_streamed(head, reader, StreamGuard("errors"), problems,
+                                     Deadline(60), "errors"))
+    assert sum(type(batch).__name__ == "DocumentedErrors" for batch in read) <= 1
+    assert by_pieces(body, 100) == by_stream(body)
 
 
 def test_a_record_larger_than_the_buffer_is_left_to_the_streaming_parser(
@@ -200,3 +218,13 @@ def test_the_walk_from_a_tail_knows_when_it_starts_inside_a_string() -> None:
     inside = run.rindex(b"yyy")  # after the escaped quote, in the last record's code
     cut = value_end(run, 0, len(run), tail=len(run) - inside)
     assert cut == record_ends(run)[-1]
+
+
+def test_the_work_between_two_reads_is_held_to_the_deadline() -> None:
+    from polarity_exporter.errors import DeadlineExceeded
+    body = body_of([BASE] * 50)
+    reader = reader_of(body)
+    head, _ = reader.read_up_to(100)
+    with pytest.raises(DeadlineExceeded):
+        list(pieces.read_streamed(head, reader, StreamGuard("errors"), Counter(), Deadline(0.0),
+                                  "errors"))
