@@ -23,6 +23,7 @@ from typing import Final
 from polarity_exporter.bodies import BodyReader
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.documented import DocumentedErrors, documented_piece
+from polarity_exporter.errors import ProtocolError
 from polarity_exporter.jsondecode import StreamGuard, stream_items, value_end
 from polarity_exporter.models import ErrorRecord, Problems, parse_errors
 
@@ -95,9 +96,13 @@ class _Pieces:
             self.records += len(batch)
             yield batch
             data, begin = self._space(data, begin)
-            if data[begin:begin + 1] != b",":  # the records end here (or the JSON does)
-                self.done = data[begin:begin + 1] == b"]"
+            after_record = data[begin:begin + 1]
+            if after_record in (b"]", b""):  # the records end here (or the body does)
+                self.done = after_record == b"]"
                 return data[begin:]
+            if after_record != b",":  # the streaming parser would take it for a first record
+                raise ProtocolError(f"{self._what}: response is not valid JSON (a record is "
+                                    f"followed by {after_record!r}, not ',' or ']')")
             data, after = self._space(data, begin + 1)
             if data[after:after + 1] in (b"]", b""):
                 return data[begin:]  # `,]` or a cut-off body: the comma stays, to be refused

@@ -147,10 +147,12 @@ def test_bodies_of_other_layouts_read_the_same(small_pieces: None, body: bytes) 
 
 
 @pytest.mark.parametrize("tail", [b"", b"]", b"],", b']}x', b", {", b"}]}", b",]}", b", ]}",
-                                  b",", b"]]}"],
+                                  b",", b"]]}", b"0 ]}", b' "x"]}', b"{}]}"],
                          ids=["no-end", "no-object-end", "dangling", "trailing-garbage",
                               "cut-record", "extra-brace", "trailing-comma",
-                              "trailing-comma-space", "cut-after-comma", "extra-bracket"])
+                              "trailing-comma-space", "cut-after-comma", "extra-bracket",
+                              "a-number-after-a-record", "a-string-after-a-record",
+                              "an-object-after-a-record"])
 def test_a_broken_end_fails_the_part_as_the_streaming_parser_does(small_pieces: None,
                                                                  tail: bytes) -> None:
     body = b'{"data":[' + b",".join([json.dumps(BASE).encode()] * 9) + tail
@@ -228,3 +230,37 @@ def test_the_work_between_two_reads_is_held_to_the_deadline() -> None:
     with pytest.raises(DeadlineExceeded):
         list(pieces.read_streamed(head, reader, StreamGuard("errors"), Counter(), Deadline(0.0),
                                   "errors"))
+
+
+def outcome(read: Any) -> Any:
+    try:
+        return read()
+    except ProtocolError:
+        return "refused"
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # a constant patch
+@given(st.integers(1, 12), st.lists(st.tuples(st.integers(0, 3), st.floats(0, 1),
+                                             st.sampled_from(list(b'{}[]",:\\ x0'))),
+                                   min_size=1, max_size=3), st.integers(1, 2000))
+def test_pieces_and_the_streaming_parser_agree_on_a_mutilated_body(
+        small_pieces: None, count: int, edits: list[tuple[int, float, int]],
+        head_bytes: int) -> None:
+    records = [changed(BASE, ("attributes", "integration-id"), f"i{n % 4}") for n in range(count)]
+    body = bytearray(body_of(records))
+    for kind, where, byte in edits:  # replace, delete, insert, or cut off
+        if not body:
+            break
+        at = int(where * (len(body) - 1))
+        if kind == 0:
+            body[at] = byte
+        elif kind == 1:
+            del body[at:at + 1 + byte % 20]
+        elif kind == 2:
+            body[at:at] = bytes([byte]) * (1 + byte % 4)
+        else:
+            del body[at:]
+    mutilated = bytes(body)
+    assert outcome(lambda: by_pieces(mutilated, head_bytes)) == \
+        outcome(lambda: by_stream(mutilated))
