@@ -7,11 +7,12 @@ whole documents. So the records are taken in pieces, each a run of whole records
 proposed by jsondecode.value_end, string-aware, from the bytes at the end of what was read, and
 proven by the decode itself, since `[piece]` is a JSON array only if the cut ends a record. No
 cut is a guess. Anything else (a body that does not start `{"data": [`, a piece msgspec refuses,
-no provable cut within MAX_BUFFER_BYTES, the end of the records) hands the rest of the body,
+no provable cut within PIECE_BYTES, the end of the records) hands the rest of the body,
 from the last proven cut, to the streaming parser behind its guard, which reads it as it read
 every streamed body before.
 
-Memory: the buffer holds at most MAX_BUFFER_BYTES, and a piece decodes to the few fields read.
+Memory: what was read and not yet decoded is at most the first WHOLE_ERRORS_BYTES (client.py),
+then at most two reads of PIECE_BYTES; a piece decodes to the few fields read.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ from polarity_exporter.errors import ProtocolError
 from polarity_exporter.jsondecode import StreamGuard, stream_items, value_end
 from polarity_exporter.models import ErrorRecord, Problems, parse_errors
 
-# Read between two cuts, and the most a piece is first cut from.
+# Read between two cuts, and the most a piece is cut from. A record is at most
+# jsondecode.MAX_STREAM_RECORD_BYTES (1 MiB), so this much from a record's start holds its end;
+# bytes without a provable cut go to the streaming parser, which refuses a larger record.
 PIECE_BYTES = 1024 * 1024
-# Bytes without a provable cut, after which the rest goes to the streaming parser (which
-# refuses a record over jsondecode.MAX_STREAM_RECORD_BYTES).
-MAX_BUFFER_BYTES = 4 * PIECE_BYTES
 # The first walk for a cut covers this much of a piece's end (a few records); then 16 times
 # more, up to the whole piece. The next piece starts from the walk that found the cut. A cut
 # that needed more than MAX_TAIL (records of hundreds of KiB: no error record Polarity writes)
@@ -115,22 +115,18 @@ class _Pieces:
         """The next piece from `begin` (a record's start), reading more of the body as needed:
         the data read so far, where the piece ends, and its records; without a provable cut,
         where it would have started, and None."""
-        window = PIECE_BYTES
-        while True:
-            self._deadline.check(self._what)  # the walks and decodes between reads, too
-            data, begin = self._ensure(data, begin, window)
-            stop = min(len(data), begin + window)
-            if self._ended and stop == len(data):  # the end of the body is here
-                last = _last_records(data, begin, self._problems)
-                if last is not None:
-                    return data, last[1], last[0]
-            cut = _cut(data, begin, stop, self._problems, self._tail)
-            if cut is not None:
-                batch, end, self._tail = cut
-                return data, end, batch
-            if window >= MAX_BUFFER_BYTES or (self._ended and stop == len(data)):
-                return data, begin, None
-            window *= 2
+        self._deadline.check(self._what)  # the walks and decodes between reads, too
+        data, begin = self._ensure(data, begin, PIECE_BYTES)
+        stop = min(len(data), begin + PIECE_BYTES)
+        if self._ended and stop == len(data):  # the end of the body is here
+            last = _last_records(data, begin, self._problems)
+            if last is not None:
+                return data, last[1], last[0]
+        cut = _cut(data, begin, stop, self._problems, self._tail)
+        if cut is None:
+            return data, begin, None
+        batch, end, self._tail = cut
+        return data, end, batch
 
     def _space(self, data: bytes, begin: int) -> tuple[bytes, int]:
         """Past the whitespace at `begin`, and at least one byte further unless the body

@@ -69,7 +69,6 @@ def by_stream(body: bytes) -> tuple[Any, Problems]:
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pieces of a few records, so that a small body is cut many times."""
     monkeypatch.setattr(pieces, "PIECE_BYTES", 700)
-    monkeypatch.setattr(pieces, "MAX_BUFFER_BYTES", 4000)
     monkeypatch.setattr(pieces, "FIRST_TAIL", 64)
     monkeypatch.setattr(pieces, "MAX_TAIL", 1024)
 
