@@ -232,6 +232,7 @@ class Authenticator:
             raise PolarityError("the exporter no longer uses this server (logged out)")
 
     def _store_locked(self, token: str, expires: float, now: float) -> None:
+        self._transport.remember_token(token)
         self._token = token
         self._generation += 1
         if expires <= now:

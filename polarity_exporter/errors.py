@@ -8,6 +8,7 @@ account and the server, never a password, token or key).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import requests
 import urllib3
@@ -41,7 +42,28 @@ class RateLimitedError(PolarityError):
 # --- how a failure reads ---
 
 def one_line(text: str) -> str:
-    return " ".join(text.split())
+    """Text on one line, lone surrogates (which no encoder writes) as U+FFFD."""
+    line = " ".join(text.split())
+    return line if line.isprintable() or not _SURROGATES.search(line) \
+        else _SURROGATES.sub("\ufffd", line)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# A credential a server or proxy may echo back in its error text: an Authorization or
+# Proxy-Authorization value, "Bearer …" or "Basic …" (a run of 8 or more token characters).
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)([\s_:=]+)[A-Za-z0-9._~+/=-]{8,}")
+REDACTED = "<redacted>"
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Server-written text with the secrets the exporter sent (passwords, keys, tokens, proxy
+    credentials), and anything that looks like an Authorization value, replaced: a server that
+    echoes the request's headers in its error text must not put them into logs, the debug
+    output or the landing page."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    return _CREDENTIAL.sub(lambda match: f"{match.group(1)}{match.group(2)}{REDACTED}", text)
 
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*")

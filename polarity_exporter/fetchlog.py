@@ -25,8 +25,9 @@ MAX_LINE = 1000
 
 
 # Control characters a server's text may carry (ESC starts a terminal's escape sequences):
-# the log is read with curl in a terminal, so they become U+FFFD.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# the log is read with curl in a terminal, so they become U+FFFD. So do lone surrogates, which
+# no encoder writes.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable_line(text: str, limit: int) -> str:

@@ -9,22 +9,30 @@ the idle limit between two bytes (--polarity.timeout). Bodies are read by bodies
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 import requests
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from polarity_exporter.bodies import error_detail
-from polarity_exporter.config import PolarityConfig
+from polarity_exporter.config import Password, PolarityConfig
 from polarity_exporter.deadline import WATCHDOG, Deadline, guarding, watch_current
-from polarity_exporter.errors import DeadlineExceeded, PolarityError, describe_exception, one_line
+from polarity_exporter.errors import (
+    DeadlineExceeded,
+    PolarityError,
+    describe_exception,
+    one_line,
+    scrub,
+)
 from polarity_exporter.retries import RateLimit, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -144,6 +152,9 @@ class Transport:
         # CURL_CA_BUNDLE in the environment override a session's verify, which would silently
         # replace --polarity.ca-file and re-enable verification under --insecure-skip-verify.
         self._verify: str | bool = config.ca_file or not config.insecure_skip_verify
+        # What this exporter sends that a server or proxy could echo in its error text.
+        self._secrets = _sent_secrets(config, self._session.proxies.values())
+        self._tokens: deque[tuple[str, ...]] = deque(maxlen=4)  # the last few session tokens
         adapter = _GuardedAdapter(pool_connections=1, pool_maxsize=config.max_concurrency + 2)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -185,6 +196,13 @@ class Transport:
                 deadline.note(_exchange_line(method, path, params, outcome, response,
                                              time.monotonic() - started))
 
+    def remember_token(self, token: str) -> None:
+        """A session token Polarity issued: never repeated from a server's error text."""
+        self._tokens.append(_forms([token]))
+
+    def scrub(self, text: str) -> str:
+        return scrub(text, (*self._secrets, *(form for forms in self._tokens for form in forms)))
+
     def _request(self, method: str, path: str, deadline: Deadline, what: str,
                  token: str | None, params: dict[str, str] | None, json_body: Any, *,
                  connect_timeout: float) -> requests.Response:
@@ -198,7 +216,7 @@ class Transport:
         except requests.RequestException as exc:
             deadline.check(what, f"no answer from {self.base_url}")
             raise PolarityError(f"{what}: cannot reach {self.base_url}: "
-                                f"{describe_exception(exc)}") from None
+                                f"{self.scrub(describe_exception(exc))}") from None
         except (ValueError, UnicodeError) as exc:
             # http.client refusing a header value: its message quotes the header, which may be
             # the credential, so only the kind of error is named.
@@ -209,12 +227,35 @@ class Transport:
         """"HTTP <status>[ redirect to …][: detail]" for an answer that is not a success."""
         status = response.status_code
         if 300 <= status < 400:
-            return f"HTTP {status} redirect{redirect_note(response)}"
+            return self.scrub(f"HTTP {status} redirect{redirect_note(response)}")
         detail = error_detail(response, deadline, what)
-        return f"HTTP {status}" + (f": {detail}" if detail else "")
+        return self.scrub(f"HTTP {status}" + (f": {detail}" if detail else ""))
 
     def close(self) -> None:
         self._session.close()
+
+
+def _sent_secrets(config: PolarityConfig, proxies: Iterable[str]) -> tuple[str, ...]:
+    """The password or API key, and each proxy's credentials as sent: as written, decoded, and
+    as the Basic value of Proxy-Authorization."""
+    credentials = config.credentials
+    secrets = [credentials.password if isinstance(credentials, Password) else credentials.key]
+    for proxy in {config.proxy_url, *proxies} - {None}:
+        parts = urlsplit(str(proxy))
+        if parts.password:
+            user, password = unquote(parts.username or ""), unquote(parts.password)
+            secrets += [parts.password, password,
+                        base64.b64encode(f"{user}:{password}".encode()).decode()]
+    return _forms(secret for secret in secrets if len(secret) >= 4)  # "a" would redact text
+
+
+def _forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Each secret, and how it reads escaped in a URL (a Location that quotes the request) or in
+    JSON; longest first, so that no form is left half replaced."""
+    forms = {form for secret in secrets
+             for form in (secret, quote(secret, safe=""), quote_plus(secret),
+                          json.dumps(secret)[1:-1])}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 __all__ = ["JSONAPI", "DeadlineExceeded", "Transport", "redirect_note"]

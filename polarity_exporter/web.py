@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 
 from polarity_exporter import metrics
 from polarity_exporter.exposition import choose
+from polarity_exporter.fetchlog import printable_line
 from polarity_exporter.history import History
 from polarity_exporter.httpserver import BoundedServer, listen
 from polarity_exporter.wsgi import RECEIVED, one_line_error
@@ -231,8 +232,9 @@ class ExporterApp:
         """?debug=true: the fetch's log, then the metrics as the same request without it
         would have had them (blackbox_exporter's debug output)."""
         encoder, _ = choose(environ.get("HTTP_ACCEPT", ""))
+        result = printable_line(result_of(scraped), 1000)  # Polarity's text: no ESC to a terminal
         head = (f"Log of the Polarity fetch behind this answer (target {target}; result: "
-                f"{result_of(scraped)}):\n\n{scraped.log.text()}\n"
+                f"{result}):\n\n{scraped.log.text()}\n"
                 "Metrics that would have been returned:\n\n")
         return _reply(start_response, "200 OK", head.encode() + encoder(scraped.families))
 

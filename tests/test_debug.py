@@ -308,6 +308,13 @@ LOGGED_FAULTS = {
     "errors-429": F.status(429, F.on(F.ERRORS), headers={"Retry-After": "1"}),
     "errors-trickle": F.trickle(0.2, F.on(F.ERRORS)),
     "errors-garbage": F.body(b'{"data": [1, "x", {"attributes": 7}]}', F.on(F.ERRORS)),
+    # Issue 21's attack: servers that quote the request's credentials back.
+    "login-echo-401": F.echo_request(401, F.on(F.LOGIN)),
+    "login-echo-302": F.echo_request(302, F.on(F.LOGIN)),
+    "listing-echo-401": F.echo_request(401, F.on(F.INTEGRATIONS)),
+    "listing-echo-500": F.echo_request(500, F.on(F.INTEGRATIONS)),
+    "listing-echo-302": F.echo_request(302, F.on(F.INTEGRATIONS)),
+    "errors-echo-403": F.echo_request(403, F.on(F.ERRORS)),
 }
 
 
@@ -411,3 +418,42 @@ def test_fetch_log_lines_carry_no_control_characters() -> None:
     log.add("detail: \x1b[31mred\x1b[0m \x00 \x9b")
     text = log.text()
     assert not any(ch in text for ch in "\x1b\x00\x9b") and "\ufffd[31mred" in text
+
+
+# --- issue 21's attack: what a server's error text may carry ----------------------------------
+
+def test_a_lone_surrogate_in_polaritys_error_text_costs_only_that_part(sim: Simulator) -> None:
+    sim.faults = F.status(403, F.on(F.INTEGRATIONS), body=b'{"errors": [{"detail": '
+                          b'"no access \\ud800"}]}')
+    with running_exporter(sim.url, CREDS) as running:
+        text, _ = debug(running)
+    assert "HTTP 403: no access \ufffd" in text
+    assert "unexpected" not in text and "UnicodeEncodeError" not in text
+
+
+def test_the_debug_outputs_first_line_carries_no_terminal_escapes(sim: Simulator) -> None:
+    sim.faults = F.status(500, F.on(F.INTEGRATIONS), body=b'{"errors": [{"detail": '
+                          b'"\\u001b]0;pwned\\u0007\\u001b[2J"}]}')
+    with running_exporter(sim.url, CREDS) as running:
+        text, _ = debug(running)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "result: down" in text.splitlines()[0]
+
+
+def test_credentials_echoed_by_a_proxy_or_server_are_redacted() -> None:
+    import base64
+
+    from polarity_exporter.config import PolarityConfig
+    from polarity_exporter.transport import Transport
+    transport = Transport(PolarityConfig("https://polarity.example", Password("bob", "pw-Secret#1"),
+                                         proxy_url="http://proxy-user:p%40ss-Secret@proxy:3128"))
+    transport.remember_token("tok-0123456789abcdef")
+    basic = base64.b64encode(b"proxy-user:p@ss-Secret").decode()
+    echoed = (f"407 Proxy auth Basic {basic}; password pw-Secret#1 pw-Secret%231; proxy "
+              "p%40ss-Secret p@ss-Secret; token tok-0123456789abcdef; Bearer other-token-xyz")
+    scrubbed = transport.scrub(echoed)
+    for secret in ("pw-Secret", "p%40ss-Secret", "p@ss-Secret", basic, "tok-0123456789abcdef",
+                   "other-token-xyz"):
+        assert secret not in scrubbed
+    assert transport.scrub("Unexpected token < in JSON at position 0") == \
+        "Unexpected token < in JSON at position 0"

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 from polarity_exporter.simulator.http import Request, Response
 from polarity_exporter.simulator.server import FaultHook
@@ -77,6 +78,21 @@ def status(code: int, match: Match, headers: dict[str, str] | None = None,
                      "detail": f"test-only fault: HTTP {code}"}]}).encode()
     return _when(match, lambda _req, _resp: Response(
         code, [payload], {"Content-Type": "application/vnd.api+json", **(headers or {})}))
+
+
+def echo_request(code: int, match: Match) -> FaultHook:
+    """Answer `code` quoting the request's credentials (its Authorization header and body): in
+    the error's detail, or for a 3xx in the Location's path, as careless servers and proxies
+    do."""
+    def make(request: Request, _response: Response) -> Response:
+        echoed = f"{request.headers.get('authorization', '')} " \
+                 f"{request.body.decode('utf-8', 'replace')}"
+        if 300 <= code < 400:
+            return Response(code, [b""], {"Location": "/login/" + quote(echoed, safe="")})
+        payload = json.dumps({"errors": [{"status": str(code), "title": "Injected fault",
+                                          "detail": f"rejected: {echoed}"}]}).encode()
+        return Response(code, [payload], {"Content-Type": "application/vnd.api+json"})
+    return _when(match, make)
 
 
 def huge_body(code: int, megabytes: int, match: Match) -> FaultHook:
