@@ -133,7 +133,7 @@ def _settings(command: Callable[..., Any]) -> Callable[..., Any]:
          default="logfmt", help="Log format.")
 @_option("--log.error-events", ENV + "LOG_ERROR_EVENTS", is_flag=True,
          help="Log each new or changed Polarity error record as one event line.")
-@_option("--history.limit", ENV + "HISTORY_LIMIT", type=click.IntRange(0, 10000), default=100,
+@_option("--history.limit", ENV + "HISTORY_LIMIT", type=click.IntRange(0, 1000), default=100,
          help="Recent scrapes and probes kept, with their logs, for the landing page.")
 @_option("--demo", ENV + "DEMO", is_flag=True,
          help="Start the built-in Polarity simulator and export its metrics.")

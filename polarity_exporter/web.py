@@ -329,6 +329,9 @@ text-align:left;vertical-align:top}}</style></head>
 """.encode()
 
     def _history_table(self) -> str:
+        # The page is built per request: with --history.limit 1000 and results full of "<"
+        # (4 times longer escaped), at most ~1.5 MB. Each row shows the start of its result;
+        # the whole is in its log.
         history = self._history
         if history.limit <= 0:
             return "<p>Recent scrapes are not kept (--history.limit 0).</p>"
@@ -337,7 +340,8 @@ text-align:left;vertical-align:top}}</style></head>
             return "<h2>Recent scrapes</h2>\n<p>No scrape yet.</p>"
         rows = "\n".join(
             f'<tr><td>{_iso(e.time)}</td><td>{html.escape(e.target)}</td>'
-            f'<td class="{"up" if e.result == "up" else "down"}">{html.escape(e.result)}</td>'
+            f'<td class="{"up" if e.result == "up" else "down"}">'
+            f'{html.escape(_shown(e.result))}</td>'
             f'<td>{e.duration:.3f}s</td><td><a href="{LOGS}?id={e.id}">log</a></td></tr>'
             for e in entries)
         return (f"<h2>Recent scrapes</h2>\n<p>The last {history.limit} scrapes and probes, "
@@ -371,6 +375,14 @@ def result_of(scraped: Scraped) -> str:
     if outcome.startswith("down"):
         return outcome
     return "down: the scrape's deadline passed before the Polarity fetch finished"
+
+
+# Characters of a result shown on the landing page (the log has all of it).
+SHOWN_RESULT = 300
+
+
+def _shown(result: str) -> str:
+    return result if len(result) <= SHOWN_RESULT else result[:SHOWN_RESULT - 1] + "\u2026"
 
 
 def _iso(when: float) -> str:

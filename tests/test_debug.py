@@ -457,3 +457,33 @@ def test_credentials_echoed_by_a_proxy_or_server_are_redacted() -> None:
         assert secret not in scrubbed
     assert transport.scrub("Unexpected token < in JSON at position 0") == \
         "Unexpected token < in JSON at position 0"
+
+
+def test_the_landing_page_shows_the_start_of_a_long_result_and_its_log_all_of_it(
+        sim: Simulator) -> None:
+    from polarity_exporter.web import SHOWN_RESULT
+    body = json.dumps({"errors": [{"detail": "<" * 2000}]}).encode()  # 4 times longer escaped
+    sim.faults = F.chain(F.status(500, F.on(F.INTEGRATIONS), body=body),
+                         F.status(500, F.on(F.ERRORS), body=body))
+    with running_exporter(sim.url, CREDS) as running:
+        running.scrape()
+        page = landing(running)
+        log = running.session.get(f"{running.url}{log_links(page)[0]}", timeout=10).text
+    cell = re.search(r'<td class="down">(.*?)</td>', page)
+    assert cell is not None
+    assert len(html_unescape(cell.group(1))) == SHOWN_RESULT
+    assert html_unescape(cell.group(1)).endswith("\u2026")  # cut on the page
+    assert "integrations: page 1 of" in log and "errors: /api/integrations/errors" in log
+
+
+def html_unescape(text: str) -> str:
+    import html
+    return html.unescape(text)
+
+
+def test_history_limit_is_at_most_a_thousand() -> None:
+    from click.testing import CliRunner
+
+    from polarity_exporter.cli import command
+    result = CliRunner().invoke(command, ["--history.limit", "1001", "--demo"])
+    assert result.exit_code == 2 and "1001 is not in the range 0<=x<=1000" in result.output

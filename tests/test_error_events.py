@@ -307,3 +307,13 @@ def test_streamed_errors_bodies_carry_titles_too(monkeypatch: pytest.MonkeyPatch
                 lambda records: records[3]["attributes"].update({"error-count": 77777}))
             (event,) = scrape_events(running)
     assert event["error_count"] == "77777" and event["title"].endswith("lookup failed")
+
+
+def test_the_event_state_keeps_a_fixed_size_key_however_long_the_ids() -> None:
+    from polarity_exporter.events import _key
+    from polarity_exporter.models import ErrorRecord
+    short = _key(ErrorRecord("vt", "401", 1.0, 1.0, ()))
+    long = _key(ErrorRecord("v" * 1024, "c" * 4000, 1.0, 1.0, ()))
+    assert len(short) == len(long) == 16 and short != long
+    # Length-prefixed: an id and code that concatenate alike are still two records.
+    assert _key(ErrorRecord("ab", "c", 1.0, 1.0, ())) != _key(ErrorRecord("a", "bc", 1.0, 1.0, ()))
