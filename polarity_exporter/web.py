@@ -239,7 +239,17 @@ class ExporterApp:
         return _reply(start_response, "200 OK", head.encode() + encoder(scraped.families))
 
     def _logs(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        ident = parse_qs(environ.get("QUERY_STRING", "")[:MAX_QUERY]).get("id", [""])[0]
+        query = environ.get("QUERY_STRING", "")
+        try:  # as /metrics and /probe read theirs: never cut, never two answers to one name
+            ids = parse_qs(query, max_num_fields=16).get("id", []) \
+                if len(query) <= MAX_QUERY else []
+        except ValueError:
+            ids = []
+        if len(ids) != 1:
+            return _reply(start_response, "400 Bad Request",
+                          b"give id once, in a query string of at most "
+                          + str(MAX_QUERY).encode() + b" characters\n")
+        ident = ids[0]
         # ASCII digits only: str.isdigit() is also true of "①", which int() refuses.
         entry = self._history.get(int(ident)) if _HISTORY_ID.fullmatch(ident) else None
         if entry is None:

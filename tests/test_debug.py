@@ -234,14 +234,21 @@ def test_history_limit_zero_keeps_nothing(sim: Simulator) -> None:
     assert log_links(page) == [] and "--history.limit 0" in page
 
 
-@pytest.mark.parametrize("ident", ["", "x", "-1", "99", "1" * 40, "0&id=1",
+@pytest.mark.parametrize("ident", ["x", "-1", "99", "1" * 40,
                                    # digits to str.isdigit() but not to int(): was a 500
                                    "%E2%91%A0", "%C2%B2", "0x1", "1e3", "%00", "+1"])
 def test_logs_of_an_unknown_id_is_a_404(exp: Running, ident: str) -> None:
     exp.scrape()
     response = exp.session.get(f"{exp.url}/logs?id={ident}", timeout=10)
-    assert response.status_code == 404 if ident != "0&id=1" else response.status_code in (200,
-                                                                                         404)
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("query", ["id=", "id=0&id=1", "", "id=0&x=" + "y" * 5000])
+def test_logs_without_exactly_one_id_in_a_bounded_query_is_a_400(exp: Running,
+                                                                  query: str) -> None:
+    exp.scrape()
+    response = exp.session.get(f"{exp.url}/logs?{query}", timeout=10)
+    assert response.status_code == 400 and "give id once" in response.text
 
 
 def test_history_memory_is_bounded_by_the_limit() -> None:
