@@ -432,11 +432,9 @@ def fleet(sizes: Sizes) -> list[Row]:
                 for _ in range(min(FLEET_SIMULATORS, max(t[0] for t in sizes.fleet_targets)))]
         single = stack.enter_context(exporter(urls[0]))
         single.scrape().check_complete()
-        # The mean, not the median: CPU time moves in clock ticks (10 ms), longer than a small
-        # scrape, so a single scrape often measures 0.
-        scrapes = max(20, sizes.repeat * 5)
         with ThreadPeak(single.pid) as single_threads:
-            single_cpu = sum(single.scrape().cpu for _ in range(scrapes)) / scrapes
+            single_cpu = Baseline(single)
+            single_cpu.measure(BASELINE_SCRAPES)  # and again between the fleet's rounds
         rows.append(Row(f"1 target of {n} integrations and {m:,} error records (--polarity.url)",
                         "exporter threads, peak while scraping", f"{single_threads.peak}",
                         "—", "—", "≤ 64", single_threads.peak <= THREAD_CEILING))
@@ -449,19 +447,41 @@ def fleet(sizes: Sizes) -> list[Row]:
                         for _ in range(min(FLEET_SIMULATORS, count))]
                 baseline = own.enter_context(exporter(sims[0]))
                 baseline.scrape().check_complete()
-                cpu = sum(baseline.scrape().cpu for _ in range(scrapes)) / scrapes
+                cpu = Baseline(baseline)
+                cpu.measure(BASELINE_SCRAPES)
                 rows += _fleet(own, replace(sizes, fleet_integrations=integrations,
                                             fleet_errors=errors), count, interval, sims, cpu)
     return rows
 
 
+class Baseline:
+    """CPU per scrape of one exporter per server, measured before the fleet and again in the
+    pause after each of its rounds: the machine's speed drifts by a quarter within minutes, and
+    a baseline taken only before the fleet compared the fleet with another machine."""
+
+    def __init__(self, server: Server) -> None:
+        self.server, self.cpu, self.scrapes = server, 0.0, 0
+
+    def measure(self, scrapes: int) -> None:
+        # The mean, not the median: CPU time moves in clock ticks (10 ms), longer than a small
+        # scrape, so a single scrape often measures 0.
+        for _ in range(scrapes):
+            self.cpu += self.server.scrape().cpu
+        self.scrapes += scrapes
+
+    @property
+    def mean(self) -> float:
+        return self.cpu / max(self.scrapes, 1)
+
+
+BASELINE_SCRAPES = 20
 FLEET_SIMULATORS = 20
 THREAD_CEILING = 64
 FLEET_CPU_RATIO = 1.1  # issue 23: CPU per probe against one exporter per server
 
 
 def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: float,
-           urls: list[str], single_cpu: float) -> list[Row]:
+           urls: list[str], baseline: Baseline) -> list[Row]:
     n, m = sizes.fleet_integrations, sizes.fleet_errors
     scenario = (f"{count} targets of {n} integrations and {m:,} error records, all probed at "
                 f"once every {interval:g} s for {sizes.fleet_seconds:g} s")
@@ -479,17 +499,19 @@ def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: floa
             list(pool.map(lambda name: server.probe(name), names))  # logins
             walls: list[float] = []
             failed = 0
-            cpu = cpu_seconds(server.pid)
+            cpu, cpu_rounds = cpu_seconds(server.pid), 0.0
             started = time.monotonic()
             while time.monotonic() - started < sizes.fleet_seconds:
                 round_start = time.monotonic()
                 for wall, up in pool.map(lambda name: server.probe(name), names):
                     walls.append(wall)
                     failed += not up
+                cpu_rounds += cpu_seconds(server.pid) - cpu
+                baseline.measure(BASELINE_SCRAPES // 4)  # in the pause, the fleet idle
                 time.sleep(max(0.0, interval - (time.monotonic() - round_start)))
-            cpu = cpu_seconds(server.pid) - cpu
+                cpu = cpu_seconds(server.pid)
         peak = memory_mb(server.pid, "VmHWM")
-    per_probe = cpu / len(walls)
+    per_probe, single_cpu = cpu_rounds / len(walls), baseline.mean
     deadline = PROBE_TIMEOUT - 0.5  # the header less --web.timeout-offset
     return [
         Row(scenario, f"probes inside their deadline ({deadline:g} s) with polarity_up 1",

@@ -202,7 +202,7 @@ class Authenticator:
 
     def _read_token(self, response: requests.Response, deadline: Deadline,
                     what: str) -> tuple[str, float]:
-        check_json(response, what)
+        check_json(response, what, self._transport.scrub)
         body = decode_json(BodyReader(response, deadline, what, limit=TOKEN_BODY_BYTES).read_all(),
                            what)
         data = body.get("data") if isinstance(body, dict) else None

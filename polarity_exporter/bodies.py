@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Callable
 
 import requests
 import urllib3
@@ -108,14 +109,15 @@ class BodyReader:
         self._replay = memoryview(data)
 
 
-def check_json(response: requests.Response, what: str) -> None:
+def check_json(response: requests.Response, what: str, scrub: Callable[[str], str]) -> None:
     content_type = response.headers.get("Content-Type", "")
     if "json" not in content_type.lower():
         raise ProtocolError(f"{what}: expected JSON, got Content-Type "
-                            f"{one_line(content_type)[:80]!r}")
+                            f"{one_line(scrub(content_type))[:80]!r}")
 
 
-def error_detail(response: requests.Response, deadline: Deadline, what: str) -> str:
+def error_detail(response: requests.Response, deadline: Deadline, what: str,
+                 scrub: Callable[[str], str]) -> str:
     """`errors[0].detail` (or the nested `errors[0].meta.errors[0].detail`, or `title`) of an
     error body, read only up to ERROR_BODY_BYTES and within the deadline; "" if none."""
     try:
@@ -130,4 +132,6 @@ def error_detail(response: requests.Response, deadline: Deadline, what: str) -> 
         detail = first.get("detail") or nested or first.get("title")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
         return ""
-    return one_line(str(detail))[:200] if isinstance(detail, (str, int)) and detail else ""
+    if not isinstance(detail, (str, int)) or not detail:
+        return ""
+    return one_line(scrub(str(detail)))[:200]  # scrubbed whole, then cut

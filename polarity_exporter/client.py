@@ -215,7 +215,7 @@ class PolarityClient:
         what = f"page {number} of {INTEGRATIONS}"
         params = {"page[size]": str(self.config.page_size), "page[number]": str(number)}
         with self._get(INTEGRATIONS, deadline, what, params) as response:
-            check_json(response, what)
+            check_json(response, what, self.transport.scrub)
             raw = BodyReader(response, deadline, what, limit=MAX_PAGE_BYTES).read_all()
         with self._decode_lock:
             # The documented shape by msgspec, in C, each list of error references counted
@@ -312,7 +312,7 @@ class PolarityClient:
         ijson behind a StreamGuard (jsondecode.stream_items); with `text`, all of it by ijson.
         """
         with self._get(ERRORS, deadline, ERRORS) as response:
-            check_json(response, ERRORS)
+            check_json(response, ERRORS, self.transport.scrub)
             guard = StreamGuard(ERRORS)
             reader = BodyReader(response, deadline, ERRORS, limit=MAX_ERRORS_BYTES,
                                 repair_utf8=True, guard=guard)

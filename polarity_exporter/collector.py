@@ -137,17 +137,19 @@ class PolarityCollector:
         Returns what `fn` returns (True when it returns None), or None when it failed.
         """
         deadline: Deadline = args[0]
+        scrub = self._client.transport.scrub  # the last net: each message is scrubbed at its source
         try:
             value = fn(*args)
         except PolarityError as exc:
             result.deadline_hit |= isinstance(exc, DeadlineExceeded)
             level = logging.WARNING if failure.endswith("errors") else logging.ERROR
-            log.log(level, failure, extra={"err": str(exc)})
-            result.failures[part] = str(exc)
-            deadline.note(f"part {part}: failed: {exc}")
+            err = scrub(str(exc))
+            log.log(level, failure, extra={"err": err})
+            result.failures[part] = err
+            deadline.note(f"part {part}: failed: {err}")
             return None
         except Exception as exc:  # a bug, or input beyond every bound: never the whole scrape
-            err = f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            err = f"unexpected {type(exc).__name__}: {' '.join(scrub(str(exc)).split())[:200]}"
             log.error(failure, exc_info=exc, extra={"err": err})
             result.failures[part] = err
             deadline.note(f"part {part}: failed: {err}")

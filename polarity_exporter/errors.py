@@ -7,8 +7,9 @@ account and the server, never a password, token or key).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import requests
 import urllib3
@@ -59,11 +60,25 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """Server-written text with the secrets the exporter sent (passwords, keys, tokens, proxy
     credentials), and anything that looks like an Authorization value, replaced: a server that
     echoes the request's headers in its error text must not put them into logs, the debug
-    output or the landing page."""
-    for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, REDACTED)
+    output or the landing page. Call it on the text as the server wrote it, before it is put on
+    one line or cut: a secret cut in two is no longer found, and its first part would leak."""
+    pattern = _secrets_pattern(tuple(secret for secret in secrets if secret))
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
     return _CREDENTIAL.sub(lambda match: f"{match.group(1)}{match.group(2)}{REDACTED}", text)
+
+
+@functools.lru_cache(maxsize=64)
+def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    """The secrets as one pattern, longest first: in any letter case (an echo may upper-case
+    it, or write %2f for %2F), and with each run of whitespace matching any run (text put on
+    one line)."""
+    if not secrets:
+        return None
+    forms = sorted(set(secrets), key=len, reverse=True)
+    return re.compile("|".join(r"\s+".join(re.escape(part) for part in form.split())
+                               if form.strip() else re.escape(form) for form in forms),
+                      re.IGNORECASE)
 
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
@@ -71,9 +86,10 @@ _ERRNO = re.compile(r"\[Errno -?\d+\]\s*([^'\"\)]+)")
 _TUNNEL = re.compile(r"Tunnel connection failed: (\d{3}[^'\"\)]*)")
 
 
-def describe_exception(exc: BaseException) -> str:
-    """A short reason for a requests/urllib3 exception, without object reprs or URLs twice."""
-    text = str(exc)
+def describe_exception(exc: BaseException, scrub: Callable[[str], str] = str) -> str:
+    """A short reason for a requests/urllib3 exception, without object reprs or URLs twice;
+    `scrub` sees the whole text (a proxy's reason may echo its credentials) before any cut."""
+    text = scrub(str(exc))
     if isinstance(exc, requests.exceptions.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return "TLS certificate verify failed (set --polarity.ca-file to the server's CA)"

@@ -208,7 +208,9 @@ def stream_items(body: StreamedBody, guard: StreamGuard, what: str,
     except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
         # UnicodeDecodeError: ijson's C backend cannot decode a key holding an escaped lone
         # surrogate ("\udc00"). ArithmeticError: decimal.InvalidOperation on a number token.
-        reason = " ".join(str(exc).split())[:120]
+        # The first line only: ijson's next lines quote the body around the error ("… (right
+        # here)"), which may echo a credential.
+        reason = " ".join(str(exc).partition("\n")[0].split())[:120]
         raise ProtocolError(f"{what}: response is not valid JSON ({reason})") from None
     if count == 0 and not empty:
         raise ProtocolError(f"{what}: {body.total} bytes without a 'data' list of records")

@@ -17,6 +17,7 @@ then at most two reads of PIECE_BYTES; a piece decodes to the few fields read.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Generator, Iterator
 from typing import Final
@@ -62,6 +63,9 @@ def read_streamed(head: bytes, reader: BodyReader, guard: StreamGuard, problems:
         deadline.note(f"{what}: {pieces.records} records in {pieces.count} pieces decoded in the "
                       "documented shape" + (f", the rest ({len(rest) - len(_REST)} bytes read "
                                             "so far) streamed" if not pieces.done else ""))
+    if pieces.done:
+        _check_end(rest, reader, what)
+        return
     reader.replay(rest)
     del rest
     yield from parse_errors(stream_items(reader, guard, what, empty=pieces.count > 0), problems)
@@ -160,6 +164,32 @@ def _cut(data: bytes, begin: int, end: int, problems: Problems,
         if tail >= end - begin:
             return None
         tail *= 16
+
+
+# What may follow the records (`]`, other members such as "meta", `}`): read whole and checked
+# by json, which the streaming parser was not exact about (it took `]}"` for a valid end, and
+# the records of a second "data" member for more records).
+MAX_END = 256 * 1024
+
+
+def _check_end(rest: bytes, reader: BodyReader, what: str) -> None:
+    """The body after its records is valid JSON, at most MAX_END bytes, and names "data" once
+    (json keeps the last of two, whose records are not the ones read: refused)."""
+    more, ended = reader.read_up_to(MAX_END + 1 - len(rest))
+    if not ended or len(rest) + len(more) > MAX_END:
+        raise ProtocolError(f"{what}: more than {MAX_END} bytes after the records")
+    keys: list[str] = []
+
+    def pairs(members: list[tuple[str, object]]) -> dict[str, object]:
+        keys[:] = [key for key, _ in members]  # the outermost object is decoded last
+        return dict(members)
+
+    try:
+        json.loads(rest + more, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        raise ProtocolError(f"{what}: response is not valid JSON after the records") from None
+    if keys.count("data") != 1:
+        raise ProtocolError(f"{what}: response names 'data' more than once")
 
 
 # `]` tried from the end of a body read whole, for the one that ends the records.

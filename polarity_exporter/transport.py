@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urlsplit
@@ -98,14 +98,14 @@ class _Bearer(requests.auth.AuthBase):
         return request
 
 
-def redirect_note(response: requests.Response) -> str:
+def redirect_note(response: requests.Response, scrub: Callable[[str], str]) -> str:
     """" to <scheme://host/path>" for a redirect: where Polarity sent us (query dropped: it may
-    carry a token)."""
+    carry a token; secrets scrubbed before the host is lower-cased and the text cut)."""
     location = response.headers.get("Location")
     if not location:
         return ""
     try:
-        parts = urlsplit(one_line(location))
+        parts = urlsplit(one_line(scrub(location)))
         host = parts.hostname or ""
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
@@ -182,11 +182,11 @@ class Transport:
                 deadline.check(what, "the response headers did not arrive in time")
             if response.status_code == 429:  # every later request of this server waits
                 self.rate_limit.record(response)
-                wait = one_line(response.headers.get("Retry-After", "-"))[:40]
+                wait = one_line(self.scrub(response.headers.get("Retry-After", "-")))[:40]
                 outcome += f", Retry-After {wait}"
             yield response
         except PolarityError as exc:
-            outcome = f"{outcome}: {exc}"
+            outcome = f"{outcome}: {self.scrub(str(exc))}"
             raise
         finally:
             guard.disarm()  # before the connection can go back to the pool
@@ -201,7 +201,11 @@ class Transport:
         self._tokens.append(_forms([token]))
 
     def scrub(self, text: str) -> str:
-        return scrub(text, (*self._secrets, *(form for forms in self._tokens for form in forms)))
+        """`text`, as a server or proxy wrote it, with what this transport sent redacted."""
+        # tuple() copies the deque in one step under the GIL: a login on another thread may
+        # append to it meanwhile (iterating it directly raised "deque mutated").
+        tokens = tuple(self._tokens)
+        return scrub(text, (*self._secrets, *(form for forms in tokens for form in forms)))
 
     def _request(self, method: str, path: str, deadline: Deadline, what: str,
                  token: str | None, params: dict[str, str] | None, json_body: Any, *,
@@ -216,7 +220,7 @@ class Transport:
         except requests.RequestException as exc:
             deadline.check(what, f"no answer from {self.base_url}")
             raise PolarityError(f"{what}: cannot reach {self.base_url}: "
-                                f"{self.scrub(describe_exception(exc))}") from None
+                                f"{describe_exception(exc, self.scrub)}") from None
         except (ValueError, UnicodeError) as exc:
             # http.client refusing a header value: its message quotes the header, which may be
             # the credential, so only the kind of error is named.
@@ -227,9 +231,9 @@ class Transport:
         """"HTTP <status>[ redirect to …][: detail]" for an answer that is not a success."""
         status = response.status_code
         if 300 <= status < 400:
-            return self.scrub(f"HTTP {status} redirect{redirect_note(response)}")
-        detail = error_detail(response, deadline, what)
-        return self.scrub(f"HTTP {status}" + (f": {detail}" if detail else ""))
+            return f"HTTP {status} redirect{redirect_note(response, self.scrub)}"
+        detail = error_detail(response, deadline, what, self.scrub)
+        return f"HTTP {status}" + (f": {detail}" if detail else "")
 
     def close(self) -> None:
         self._session.close()
@@ -241,7 +245,11 @@ def _sent_secrets(config: PolarityConfig, proxies: Iterable[str]) -> tuple[str, 
     credentials = config.credentials
     secrets = [credentials.password if isinstance(credentials, Password) else credentials.key]
     for proxy in {config.proxy_url, *proxies} - {None}:
-        parts = urlsplit(str(proxy))
+        try:
+            parts = urlsplit(str(proxy))
+            parts.port  # noqa: B018 - raises ValueError for a malformed proxy, as requests will
+        except ValueError:
+            continue  # requests refuses it on the first request, with a message of its own
         if parts.password:
             user, password = unquote(parts.username or ""), unquote(parts.password)
             secrets += [parts.password, password,
@@ -250,11 +258,13 @@ def _sent_secrets(config: PolarityConfig, proxies: Iterable[str]) -> tuple[str, 
 
 
 def _forms(secrets: Iterable[str]) -> tuple[str, ...]:
-    """Each secret, and how it reads escaped in a URL (a Location that quotes the request) or in
-    JSON; longest first, so that no form is left half replaced."""
+    """Each secret, and how it reads escaped in a URL (a Location that quotes the request), in
+    JSON, or in a URL quoting the JSON login body; longest first, so that no form is left half
+    replaced."""
     forms = {form for secret in secrets
-             for form in (secret, quote(secret, safe=""), quote_plus(secret),
-                          json.dumps(secret)[1:-1])}
+             for escaped in (json.dumps(secret)[1:-1],)
+             for form in (secret, quote(secret, safe=""), quote_plus(secret), escaped,
+                          quote(escaped, safe=""), quote_plus(escaped))}
     return tuple(sorted(forms, key=len, reverse=True))
 
 

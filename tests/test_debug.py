@@ -322,6 +322,12 @@ LOGGED_FAULTS = {
     "listing-echo-500": F.echo_request(500, F.on(F.INTEGRATIONS)),
     "listing-echo-302": F.echo_request(302, F.on(F.INTEGRATIONS)),
     "errors-echo-403": F.echo_request(403, F.on(F.ERRORS)),
+    # The second attack: an echo in a header, across the cut, or in another letter case.
+    "listing-echo-retry-after": F.echo_request(429, F.on(F.INTEGRATIONS), "retry-after"),
+    "listing-echo-content-type": F.echo_request(200, F.on(F.INTEGRATIONS), "content-type"),
+    "login-echo-at-the-cut": F.echo_request(500, F.on(F.LOGIN), "cut"),
+    "errors-echo-at-the-cut": F.echo_request(403, F.on(F.ERRORS), "cut"),
+    "login-echo-upper-cased": F.echo_request(500, F.on(F.LOGIN), "upper"),
 }
 
 
@@ -373,10 +379,12 @@ def test_no_secret_in_debug_output_history_or_logs_whatever_fails(
     assert "Scrape 0 of /metrics" in places["/logs?id=0"]
     secret_values = [credentials.password if isinstance(credentials, Password)
                      else credentials.key, *tap.tokens]
+    lowered = {where: text.lower() for where, text in places.items()}
     for secret in secret_values:
-        for form in forms(secret):
-            for where, text in places.items():
-                assert form not in text, f"a secret leaked into {where} ({fault})"
+        # In any letter case, and its start alone (a message cut inside the secret).
+        for form in {*forms(secret), *forms(secret[:12])}:
+            for where, text in lowered.items():
+                assert form.lower() not in text, f"a secret leaked into {where} ({fault})"
 
 
 def test_landing_page_and_logs_sit_behind_the_same_basic_auth(sim: Simulator) -> None:
@@ -464,6 +472,25 @@ def test_credentials_echoed_by_a_proxy_or_server_are_redacted() -> None:
         assert secret not in scrubbed
     assert transport.scrub("Unexpected token < in JSON at position 0") == \
         "Unexpected token < in JSON at position 0"
+
+
+def test_an_echoed_secret_is_redacted_in_another_letter_case_or_with_its_spaces_collapsed(
+        ) -> None:
+    from polarity_exporter.config import PolarityConfig
+    from polarity_exporter.transport import Transport
+    password = "Correct  Horse\tBattery pw-%2F"
+    transport = Transport(PolarityConfig("https://polarity.example", Password("bob", password)))
+    for echoed in (password.upper(), " ".join(password.split()), password.lower()):
+        assert transport.scrub(f"rejected: {echoed}!") == "rejected: <redacted>!", echoed
+
+
+def test_a_malformed_proxy_in_the_environment_leaves_the_refusal_to_the_first_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from polarity_exporter.config import PolarityConfig
+    from polarity_exporter.transport import Transport
+    monkeypatch.setenv("HTTPS_PROXY", "http://u:p@[bad")
+    transport = Transport(PolarityConfig("https://polarity.example", Password("bob", "pw-1234")))
+    assert transport.scrub("pw-1234") == "<redacted>"
 
 
 def test_the_landing_page_shows_the_start_of_a_long_result_and_its_log_all_of_it(

@@ -80,17 +80,26 @@ def status(code: int, match: Match, headers: dict[str, str] | None = None,
         code, [payload], {"Content-Type": "application/vnd.api+json", **(headers or {})}))
 
 
-def echo_request(code: int, match: Match) -> FaultHook:
-    """Answer `code` quoting the request's credentials (its Authorization header and body): in
-    the error's detail, or for a 3xx in the Location's path, as careless servers and proxies
-    do."""
+def echo_request(code: int, match: Match, where: str = "detail") -> FaultHook:
+    """Answer `code` quoting the request's credentials (its Authorization header and body), as
+    careless servers and proxies do: in the error's detail (`where="detail"`; "cut": starting
+    just before the 200th character, where the message is cut; "upper": upper-cased), for a
+    3xx in the Location's path, or the Authorization's value alone in a header ("retry-after",
+    "content-type")."""
     def make(request: Request, _response: Response) -> Response:
-        echoed = f"{request.headers.get('authorization', '')} " \
-                 f"{request.body.decode('utf-8', 'replace')}"
+        authorization = request.headers.get("authorization", "")
+        echoed = f"{authorization} {request.body.decode('utf-8', 'replace')}"
         if 300 <= code < 400:
             return Response(code, [b""], {"Location": "/login/" + quote(echoed, safe="")})
+        if where == "retry-after":
+            return Response(code, [b"{}"], {"Content-Type": "application/vnd.api+json",
+                                           "Retry-After": authorization})
+        if where == "content-type":
+            return Response(code, [b"{}"], {"Content-Type": f"text/html; x={authorization}"})
+        detail = {"detail": f"rejected: {echoed}", "cut": f"{'x' * 190} {echoed}",
+                  "upper": f"rejected: {echoed.upper()}"}[where]
         payload = json.dumps({"errors": [{"status": str(code), "title": "Injected fault",
-                                          "detail": f"rejected: {echoed}"}]}).encode()
+                                          "detail": detail}]}).encode()
         return Response(code, [payload], {"Content-Type": "application/vnd.api+json"})
     return _when(match, make)
 
