@@ -1,7 +1,8 @@
-"""Records -> metric families, built fresh on every scrape.
+"""Records -> metric families, from the records read on every scrape.
 
-Nothing labelled is kept between scrapes: an integration that disappears from Polarity
-disappears from /metrics on the next scrape, as the Prometheus guidelines for exporters ask.
+The per-integration families of the last scrape are kept and served again only where the new
+records are equal (reuse.py): an integration that disappears from Polarity disappears from
+/metrics on the next scrape, as the Prometheus guidelines for exporters ask.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from polarity_exporter.documented import DocumentedPage
 from polarity_exporter.errors import DeadlineExceeded, PolarityError
 from polarity_exporter.events import ErrorEvents, Read
 from polarity_exporter.models import Integration, Problems
+from polarity_exporter.reuse import Errored, ErrorsKey, Listed, Reuse, errors_key
 from polarity_exporter.summary import (
     OTHER_ID,
     ErrorSummary,
@@ -95,6 +97,7 @@ class PolarityCollector:
         self._read: Read | None = None  # the errors read of the fetch in flight (events)
         self._cache_ttl = cache_ttl  # said in polarity_up's HELP when results may be reused
         self._clean = LabelCleaner(config.max_label_length)
+        self._reuse = Reuse()  # the last scrape's per-integration families
 
     # --- talking to Polarity ------------------------------------------------------------------
 
@@ -207,11 +210,11 @@ class PolarityCollector:
                 deadline.note(f"part {collector}: unreadable fields: {fields}")
 
     def build(self, result: ScrapeResult) -> list[Metric]:
-        return build_families(result, self._config, self._cache_ttl)
+        return build_families(result, self._config, self._cache_ttl, self._reuse)
 
 
 def build_families(result: ScrapeResult, config: CollectorConfig,
-                   cache_ttl: float = 0.0) -> list[Metric]:
+                   cache_ttl: float = 0.0, reuse: Reuse | None = None) -> list[Metric]:
     """The scrape's metric families (metrics.CATALOGUE), in one pass over its integrations,
     then the orphan ids.
 
@@ -219,7 +222,8 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     prometheus_client `Sample`s (`add_metric` would zip a label list into a new dict for every
     sample), and the samples of one integration share their label dicts. The encoders only read
     labels, never change them. Every label value was cleaned before (unique_labels, ErrorSummary)
-    or is cleaned here.
+    or is cleaned here. With `reuse`, the per-integration families of the last scrape are
+    served again where their records are equal (reuse.py).
     """
     clean = LabelCleaner(config.max_label_length)
     families = _Families(cache_ttl)
@@ -235,31 +239,74 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     if result.listing is not None:
         sample(metrics.LISTING_COMPLETE, {}, 1.0 if result.listing.complete else 0.0)
     sample(metrics.BUILD_INFO, {"version": __version__}, 1.0)
-    errors = _ErrorSamples(families, result.errors, config) \
-        if result.errors is not None else None
     integrations = result.integrations or {}
-    # One label dict per integration, shared by all its samples (the encoders render it once).
-    by_ids = {label: {"integration_id": label} for label in integrations}
-    for spec in metrics.CATALOGUE:
-        if spec.per_integration is not None:
-            _Listed(spec, families[spec]).add_all(integrations, by_ids, clean,
-                                                  result.problems["integrations"])
-    for label, integration in integrations.items():
-        by_id = by_ids[label]
-        if errors is not None:
-            errors.add(label, by_id)
-        elif integration.error_refs is not None:
-            # The errors endpoint failed (403 for ordinary accounts): fall back to the error ids
-            # each integration carries in its relationships.
-            sample(metrics.INTEGRATION_ERRORS, by_id, float(integration.error_refs))
-    if errors is not None:
-        errors.add_orphans()
-    # Last: the loop above counts the records a per-integration reader could not read.
+    reuse = reuse if reuse is not None and integrations else None  # none kept for no listing
+    by_ids: dict[str, dict[str, str]] = {}
+
+    def label_dicts() -> dict[str, dict[str, str]]:
+        # One label dict per integration, shared by all its samples (the encoders render it
+        # once), made only for the groups built in this scrape.
+        if len(by_ids) != len(integrations):
+            by_ids.update((label, {"integration_id": label}) for label in integrations)
+        return by_ids
+
+    listed = reuse.listed_for(integrations) if reuse is not None else None
+    if listed is None:
+        listed = _listed(integrations, label_dicts(), clean)
+        if reuse is not None:
+            reuse.listed = listed
+    result.problems["integrations"].update(listed.problems)
+    families.use(listed.families)
+    if result.errors is not None:
+        key = errors_key(result.errors.integrations) if reuse is not None else ()
+        errored = reuse.errored_for(integrations, key) if reuse is not None else None
+        if errored is None:
+            errored, warned = _errored(integrations, label_dicts(), result.errors, config,
+                                       key)
+            # Not kept: a warning said on every scrape, or orphans merged (see errors_key).
+            if reuse is not None and not warned and not errored.orphans_folded:
+                reuse.errored = errored
+        families.use(errored.families)
+        sample(metrics.ORPHAN_IDS_FOLDED, {}, errored.orphans_folded)
+        sample(metrics.ERROR_CODES_FOLDED, {}, errored.codes_folded)
+    else:
+        for label, integration in integrations.items():
+            if integration.error_refs is not None:
+                # The errors endpoint failed (403 for ordinary accounts): fall back to the
+                # error ids each integration carries in its relationships.
+                sample(metrics.INTEGRATION_ERRORS, {"integration_id": label},
+                       float(integration.error_refs))
+    # Last: the listing's readers count the records they could not read.
     for collector, counts in result.problems.items():
         for name, count in sorted(counts.items()):
             sample(metrics.UNREADABLE_FIELDS, {"collector": collector, "field": name},
                    float(count))
     return families.all()
+
+
+def _listed(integrations: dict[str, Integration], by_ids: dict[str, dict[str, str]],
+            clean: LabelCleaner) -> Listed:
+    """The families of metrics.Family.per_integration, one sample per integration each."""
+    families: dict[metrics.Family, Metric] = {}
+    problems: Counter[str] = Counter()
+    for spec in metrics.CATALOGUE:
+        if spec.per_integration is not None:
+            families[spec] = spec.built()
+            _Listed(spec, families[spec]).add_all(integrations, by_ids, clean, problems)
+    return Listed(integrations, families, problems)
+
+
+def _errored(integrations: dict[str, Integration], by_ids: dict[str, dict[str, str]],
+             summary: ErrorSummary, config: CollectorConfig,
+             key: ErrorsKey) -> tuple[Errored, bool]:
+    """The families of the error summary: every listed integration (an explicit zero without
+    errors), then the ids only the errors name; and whether a warning was logged."""
+    errors = _ErrorSamples(summary, config)
+    for label in integrations:
+        errors.add(label, by_ids[label])
+    orphans_folded = errors.add_orphans()
+    return Errored(list(integrations), key, errors.families,
+                   float(orphans_folded), float(errors.codes_folded)), errors.warned
 
 
 class _Listed:
@@ -316,6 +363,10 @@ class _Families:
         family = self._by_spec[spec]
         family.samples.append(Sample(spec.name, labels, value))
 
+    def use(self, built: dict[metrics.Family, Metric]) -> None:
+        """Serve these families (built now or for an earlier scrape) in their specs' places."""
+        self._by_spec.update(built)
+
     def all(self) -> list[Metric]:
         return list(self._by_spec.values())
 
@@ -323,14 +374,15 @@ class _Families:
 class _ErrorSamples:
     """Appends the error samples of one integration label at a time, each label once."""
 
-    def __init__(self, families: _Families, summary: ErrorSummary,
-                 config: CollectorConfig) -> None:
-        self._families = families
+    def __init__(self, summary: ErrorSummary, config: CollectorConfig) -> None:
+        self.families: dict[metrics.Family, Metric] = {spec: spec.built()
+                                                       for spec in _ERROR_FAMILIES}
         self._summary = summary
         self._max_codes = config.max_codes
         self._max_orphans = config.max_orphan_ids
         self._done: set[str] = set()
-        self._folded = 0
+        self.codes_folded = 0
+        self.warned = False
 
     def add(self, label: str, by_id: dict[str, str]) -> None:
         self._done.add(label)
@@ -340,17 +392,17 @@ class _ErrorSamples:
         self._add_entry(entry, by_id)
 
     def _add_entry(self, entry: IntegrationErrors, by_id: dict[str, str]) -> None:
-        errors = self._families[metrics.INTEGRATION_ERRORS]
-        users = self._families[metrics.ERROR_AFFECTED_USERS]
+        errors = self.families[metrics.INTEGRATION_ERRORS]
+        users = self.families[metrics.ERROR_AFFECTED_USERS]
         errors.samples.append(Sample(errors.name, by_id, float(entry.records)))
         users.samples.append(Sample(users.name, by_id, float(len(entry.users))))
         codes = entry.codes
-        self._folded += entry.codes_overflowed  # at least one more, summed as they arrived
+        self.codes_folded += entry.codes_overflowed  # at least one more, summed as they arrived
         if len(codes) > self._max_codes:
             codes, folded = capped_codes(codes, self._max_codes)
-            self._folded += folded
-        occurrences = self._families[metrics.ERROR_OCCURRENCES]
-        last = self._families[metrics.ERROR_LAST_OCCURRENCE]
+            self.codes_folded += folded
+        occurrences = self.families[metrics.ERROR_OCCURRENCES]
+        last = self.families[metrics.ERROR_LAST_OCCURRENCE]
         label = by_id["integration_id"]
         for code, stats in codes.items():
             by_code = {"integration_id": label, "code": code}
@@ -360,10 +412,11 @@ class _ErrorSamples:
             if stats.last_seen is not None:
                 last.samples.append(Sample(last.name, by_code, stats.last_seen))
 
-    def add_orphans(self) -> None:
+    def add_orphans(self) -> int:
         """Ids only the errors endpoint knows (uninstalled integrations, say): their errors are
         real and must not vanish because the listing lacks them. At most `max_orphan_ids`
-        series, the ids with most records first; the rest fold into integration_id="other"."""
+        series, the ids with most records first; the rest fold into integration_id="other".
+        Returns how many ids were folded."""
         orphans = [(label, entry) for label, entry in self._summary.integrations.items()
                    if label not in self._done]
         folded = 0
@@ -382,10 +435,15 @@ class _ErrorSamples:
                 # orphans have no series of their own. Counted, and said once per scrape.
                 log.warning("orphan error ids not exported: a listed integration is named "
                             f"{OTHER_ID!r}", extra={"ids": len(rest), "records": merged.records})
+                self.warned = True
             else:
                 kept.append((OTHER_ID, merged))
             orphans = kept
         for label, entry in orphans:
             self._add_entry(entry, {"integration_id": label})
-        self._families.sample(metrics.ORPHAN_IDS_FOLDED, {}, float(folded))
-        self._families.sample(metrics.ERROR_CODES_FOLDED, {}, float(self._folded))
+        return folded
+
+
+# The families _ErrorSamples builds, in the catalogue's order.
+_ERROR_FAMILIES = (metrics.INTEGRATION_ERRORS, metrics.ERROR_OCCURRENCES,
+                   metrics.ERROR_LAST_OCCURRENCE, metrics.ERROR_AFFECTED_USERS)

@@ -22,6 +22,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as client_o
 from prometheus_client.registry import Collector
 
 from polarity_exporter.memo import Memo
+from polarity_exporter.metrics import Built
 
 _LEGACY_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LEGACY_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -81,6 +82,15 @@ class _NotSimple(Exception):
     """A family this encoder leaves to prometheus_client."""
 
 
+def _lines(family: Any, rendered: dict[int, str]) -> bytes:
+    """The family's sample lines, encoded; those of a Built family once, kept on it."""
+    if type(family) is not Built:
+        return "".join(_samples(family, rendered)).encode("utf-8")
+    if family.lines is None:
+        family.lines = "".join(_samples(family, rendered)).encode("utf-8")
+    return family.lines
+
+
 def _samples(family: Any, rendered: dict[int, str]) -> list[str]:
     """The family's sample lines, in one pass; _NotSimple for a family outside the simple shape
     (the check costs nothing extra: it is made on the fields being read anyway)."""
@@ -127,43 +137,43 @@ def _labels(labels: dict[str, str]) -> str:
 
 def encode_text(families: Iterable[Any]) -> bytes:
     """The Prometheus text format 0.0.4."""
-    out: list[str] = []
+    out: list[bytes] = []
     # id(labels dict) -> "{…}": the collector shares one label dict between the samples of an
     # integration (or an integration and code) across families. They are alive until the end.
     rendered: dict[int, str] = {}
     for family in families:
         try:
-            samples = _samples(family, rendered)
+            samples = _lines(family, rendered)
         except _NotSimple:
-            out.append(client_text(_One(family)).decode("utf-8"))
+            out.append(client_text(_One(family)))
             continue
         name = family.name + "_total" if family.type == "counter" else family.name
         kind = "untyped" if family.type == "unknown" else family.type
         doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
-        out += samples
-    return "".join(out).encode("utf-8")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n".encode())
+        out.append(samples)
+    return b"".join(out)
 
 
 def encode_openmetrics(families: Iterable[Any]) -> bytes:
     """OpenMetrics 1.0."""
-    out: list[str] = []
+    out: list[bytes] = []
     rendered: dict[int, str] = {}  # as in encode_text
     for family in families:
         try:
-            samples = _samples(family, rendered)
+            samples = _lines(family, rendered)
         except _NotSimple:
             # prometheus_client ends each document with "# EOF": keep one, at the end.
             whole: bytes = client_openmetrics(_One(family))  # type: ignore[no-untyped-call]
-            out.append(whole.decode("utf-8")[: -len("# EOF\n")])
+            out.append(whole[: -len(b"# EOF\n")])
             continue
         out.append(f"# HELP {family.name} {_escape(family.documentation)}\n"
-                   f"# TYPE {family.name} {family.type}\n")
+                   f"# TYPE {family.name} {family.type}\n".encode())
         if family.unit:
-            out.append(f"# UNIT {family.name} {family.unit}\n")
-        out += samples
-    out.append("# EOF\n")
-    return "".join(out).encode("utf-8")
+            out.append(f"# UNIT {family.name} {family.unit}\n".encode())
+        out.append(samples)
+    out.append(b"# EOF\n")
+    return b"".join(out)
 
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -50,11 +50,27 @@ class Family:
 
     def new(self, **values: object) -> Metric:
         """An empty family to append samples to (named `self.name`)."""
+        return Metric(self.base, *self._texts(values))
+
+    def built(self) -> Built:
+        """An empty family that is complete once its builder returns (see Built)."""
+        return Built(self.base, *self._texts({}))
+
+    def _texts(self, values: dict[str, object]) -> tuple[str, Kind, str]:
         text = self.help.format(**values) if values else self.help
         # OpenMetrics' `# UNIT` line, as prometheus_client writes it for a family with a unit:
         # every `_seconds` family here is in seconds.
         unit = "seconds" if self.base.endswith("_seconds") else ""
-        return Metric(self.base, text, self.kind, unit)
+        return text, self.kind, unit
+
+
+class Built(Metric):
+    """A family that nothing changes once its builder has returned: the per-integration
+    families, which the collector reuses whole on a later scrape whose records are equal. So
+    the exposition may keep its sample lines on it (`lines`), written once for every scrape
+    that serves it."""
+
+    lines: bytes | None = None
 
 
 OTHER = "other"  # the label value that folded codes and orphan ids share

@@ -1,0 +1,193 @@
+"""A scrape whose records equal the last scrape's serves the last per-integration families
+again (reuse.py); whatever changes between scrapes, /metrics says what a fresh build says.
+
+Served over HTTP by the simulator (test-only body faults rewrite its own dataset between
+scrapes) and collected by the real client and collector: one collector that keeps its families
+from scrape to scrape, against a new collector (nothing kept) on the same answers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import SIM_PASSWORD, SIM_USER
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from polarity_exporter import metrics
+from polarity_exporter.client import PolarityClient
+from polarity_exporter.collector import PolarityCollector
+from polarity_exporter.config import CollectorConfig, Password, PolarityConfig
+from polarity_exporter.deadline import Deadline
+from polarity_exporter.exposition import encode_openmetrics, encode_text
+from polarity_exporter.simulator import Simulator, SimulatorConfig
+from polarity_exporter.simulator import faults as F
+from polarity_exporter.simulator.dataset import DatasetSpec, generate
+
+DATASET = generate(DatasetSpec(integrations=12, errors=40))
+# What differs from one scrape to the next with equal records: left out of the comparison.
+VOLATILE = ("polarity_scrape_duration_seconds", "polarity_scrape_timeout_seconds")
+PER_INTEGRATION = [spec for spec in metrics.CATALOGUE if spec.scope == "integration"]
+
+
+def _attributes(record: dict[str, Any]) -> dict[str, Any]:
+    return record["attributes"]  # type: ignore[no-any-return]
+
+
+def _set(record: dict[str, Any], key: str, value: Any) -> None:
+    _attributes(record)[key] = value
+
+
+# Changes between two scrapes, each to a fresh copy of the dataset: (listing, errors) -> None.
+CHANGES: dict[str, Callable[[list[Any], list[Any]], None]] = {
+    "nothing": lambda listing, errors: None,
+    "a status": lambda listing, errors: _set(listing[3], "status", "stopped"),
+    "a name": lambda listing, errors: _set(listing[0], "name", "renamed"),
+    "an error count": lambda listing, errors: _set(
+        errors[5], "error-count", _attributes(errors[5])["error-count"] + 1),
+    "an occurred-on": lambda listing, errors: _set(errors[7], "occurred-on",
+                                                  "2031-01-01T00:00:00.000Z"),
+    "a code": lambda listing, errors: _set(errors[2], "code", "NEW_CODE"),
+    "an affected user": lambda listing, errors: _set(
+        errors[9], "meta", {"affected_users": [{"id": "someone-new"}]}),
+    "the order of two records": lambda listing, errors: errors.insert(0, errors.pop(4)),
+    "the order of two integrations": lambda listing, errors: listing.insert(0, listing.pop(2)),
+    "an integration gone (its errors orphaned)": lambda listing, errors: listing.pop(1),
+    "two integrations gone": lambda listing, errors: [listing.pop(1), listing.pop(1)],
+    "a record gone": lambda listing, errors: errors.pop(0),
+}
+
+
+def answers(change: str) -> tuple[bytes, bytes]:
+    listing, errors = copy.deepcopy(DATASET.integrations), copy.deepcopy(DATASET.errors)
+    CHANGES[change](listing, errors)
+    page = {"data": listing, "meta": {"page": {"number": 1, "size": 1000,
+                                                "total": len(listing)}}}
+    return json.dumps(page).encode(), json.dumps({"data": errors}).encode()
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Simulator, PolarityClient]]:
+    with Simulator(SimulatorConfig(users={SIM_USER: SIM_PASSWORD})) as sim:
+        client = PolarityClient(PolarityConfig(url=sim.url,
+                                               credentials=Password(SIM_USER, SIM_PASSWORD),
+                                               page_size=1000, timeout=5))
+        try:
+            yield sim, client
+        finally:
+            client.close()
+
+
+def serve(sim: Simulator, change: str) -> None:
+    listing, errors = answers(change)
+    sim.faults = F.chain(F.body(listing, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)))
+
+
+def stable(families: list[Any], encode: Callable[[list[Any]], bytes]) -> list[str]:
+    return [line for line in encode(families).decode().splitlines()
+            if not line.startswith(VOLATILE) and not line.startswith(
+                tuple(f"# {kind} {name}" for kind in ("HELP", "TYPE", "UNIT")
+                      for name in VOLATILE))]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(list(CHANGES)), min_size=2, max_size=5),
+       st.sampled_from([CollectorConfig(), CollectorConfig(max_codes=2, max_orphan_ids=2),
+                        CollectorConfig(max_label_length=8)]))
+def test_whatever_changes_between_scrapes_metrics_say_what_a_fresh_build_says(
+        served: tuple[Simulator, PolarityClient], changes: list[str],
+        config: CollectorConfig) -> None:
+    sim, client = served
+    keeping = PolarityCollector(client, config)
+    for change in changes:
+        serve(sim, change)
+        kept, _ = keeping.scrape(Deadline(5.0))
+        fresh, _ = PolarityCollector(client, config).scrape(Deadline(5.0))
+        for encode in (encode_text, encode_openmetrics):
+            assert stable(kept, encode) == stable(fresh, encode), change
+
+
+def by_name(families: list[Any]) -> dict[str, Any]:
+    return {family.name: family for family in families}
+
+
+def test_equal_records_serve_the_last_scrapes_families_themselves(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig())
+    serve(sim, "nothing")
+    first, _ = collector.scrape(Deadline(5.0))
+    encode_text(first)
+    second, _ = collector.scrape(Deadline(5.0))
+    for spec in PER_INTEGRATION:
+        assert by_name(second)[spec.base] is by_name(first)[spec.base], spec.name
+    assert by_name(second)[metrics.SCRAPE_DURATION.base] is not \
+        by_name(first)[metrics.SCRAPE_DURATION.base]
+
+
+@pytest.mark.parametrize(("change", "rebuilt"), [
+    ("a status", {"polarity_integration_info", "polarity_integration_status",
+                  "polarity_integration_running"}),
+    ("an error count", {"polarity_integration_errors", "polarity_integration_error_occurrences",
+                        "polarity_integration_error_last_occurrence_timestamp_seconds",
+                        "polarity_integration_error_affected_users"}),
+])
+def test_a_change_rebuilds_only_the_families_its_records_feed(
+        served: tuple[Simulator, PolarityClient], change: str, rebuilt: set[str]) -> None:
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig())
+    serve(sim, "nothing")
+    first, _ = collector.scrape(Deadline(5.0))
+    serve(sim, change)
+    second, _ = collector.scrape(Deadline(5.0))
+    new = {spec.base for spec in PER_INTEGRATION
+           if by_name(second)[spec.base] is not by_name(first)[spec.base]}
+    assert new == rebuilt
+
+
+def test_a_reused_family_keeps_counting_the_values_its_reader_could_not_read(
+        served: tuple[Simulator, PolarityClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(integration: Any) -> Any:
+        raise ValueError("a value the reader did not expect")
+
+    spec = metrics.INTEGRATION_RUNNING
+    monkeypatch.setattr(metrics, "CATALOGUE", tuple(
+        metrics.Family(s.name, s.kind, s.help, s.labels, s.scope, per_integration=unreadable)
+        if s is spec else s for s in metrics.CATALOGUE))
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig())
+    serve(sim, "nothing")
+    for _ in range(2):
+        families, _ = collector.scrape(Deadline(5.0))
+        fields = {sample.labels["field"]: sample.value
+                  for sample in by_name(families)["polarity_scrape_unreadable_fields"].samples}
+        assert fields[spec.name] == len(DATASET.integrations)
+
+
+def test_the_errors_key_tells_a_negative_zero_from_zero() -> None:
+    from polarity_exporter.reuse import errors_key
+    from polarity_exporter.summary import CodeStats, IntegrationErrors
+
+    def summary(occurrences: float) -> dict[str, IntegrationErrors]:
+        return {"vt": IntegrationErrors(1, {"E": CodeStats(occurrences, True, None)})}
+
+    assert errors_key(summary(0.0)) != errors_key(summary(-0.0))
+    assert errors_key(summary(3.0)) == errors_key(summary(3.0))
+
+
+def test_a_build_that_merged_orphans_is_not_kept(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    # Merged orphans show the union of their users, which the errors key does not hold.
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig(max_orphan_ids=2))
+    serve(sim, "two integrations gone")  # three orphan ids, with the dataset's own
+    first, _ = collector.scrape(Deadline(5.0))
+    assert by_name(first)[metrics.ORPHAN_IDS_FOLDED.base].samples[0].value > 0
+    second, _ = collector.scrape(Deadline(5.0))
+    errors = metrics.INTEGRATION_ERRORS.base
+    assert by_name(second)[errors] is not by_name(first)[errors]
