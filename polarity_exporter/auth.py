@@ -191,9 +191,10 @@ class Authenticator:
             # The current token is still valid for a while: keep it, try again after a pause.
             with self._cond:
                 self._refresh_at = self.clock() + REFRESH_RETRY_SECONDS
+            err = self._transport.scrub(str(exc))
             log.warning("token refresh failed", extra={"server": self._transport.base_url,
-                                                       "err": str(exc)})
-            deadline.note(f"token refresh failed, keeping the current token: {exc}")
+                                                       "err": err})
+            deadline.note(f"token refresh failed, keeping the current token: {err}")
             return True
         self._store(new_token, expires)
         deadline.note("token refreshed" + _expiry(expires))

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 from collections.abc import Callable
 
 import requests
 import urllib3
 
 from polarity_exporter.deadline import Deadline
-from polarity_exporter.errors import PolarityError, ProtocolError, describe_exception, one_line
+from polarity_exporter.errors import PolarityError, ProtocolError, one_line
 from polarity_exporter.jsondecode import StreamGuard
 
 # An error body is read only for its `detail`: a few KB hold it; the rest is never read.
@@ -71,7 +72,7 @@ class BodyReader:
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
             self._deadline.check(self._what, "the response body did not arrive in time")
             raise PolarityError(f"{self._what}: reading the response failed: "
-                                f"{describe_exception(exc)}") from None
+                                f"{_read_failure(exc)}") from None
         if not chunk:
             # A cut socket reads as the end of the body: tell the deadline from a short body.
             self._deadline.check(self._what, "the response body did not arrive in time")
@@ -107,6 +108,20 @@ class BodyReader:
     def replay(self, data: bytes) -> None:
         """Serve `data` (already read) before reading on: a body read ahead, then streamed."""
         self._replay = memoryview(data)
+
+
+def _read_failure(exc: BaseException) -> str:
+    """Why reading a body failed, in words of our own: urllib3's messages quote what the
+    server sent (a DecodeError its Content-Encoding header), which may echo a credential."""
+    if isinstance(exc, urllib3.exceptions.DecodeError):
+        return "the body could not be decoded as its Content-Encoding says"
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, requests.Timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno)
+    if isinstance(exc, (urllib3.exceptions.ProtocolError, requests.ConnectionError)):
+        return "the connection broke before the body ended"
+    return type(exc).__name__
 
 
 def check_json(response: requests.Response, what: str, scrub: Callable[[str], str]) -> None:

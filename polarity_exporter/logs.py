@@ -124,4 +124,20 @@ def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     # urllib3 logs every connection at debug; useful only when debugging the exporter itself.
-    logging.getLogger("urllib3").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    urllib3_log = logging.getLogger("urllib3")
+    urllib3_log.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    connection_log = logging.getLogger("urllib3.connection")  # a logger's filters: its own
+    if not any(isinstance(f, _UnquotedHeaders) for f in connection_log.filters):
+        connection_log.addFilter(_UnquotedHeaders())
+
+
+class _UnquotedHeaders(logging.Filter):
+    """urllib3's "Failed to parse headers" warning quotes the header bytes a server sent, which
+    may echo a credential: said without them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Failed to parse headers"):
+            record.msg, record.args = "Failed to parse headers (what the server sent is not " \
+                "shown: it may echo a credential)", ()
+            record.exc_info, record.exc_text = None, None  # its message quotes them too
+        return True

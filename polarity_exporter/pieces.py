@@ -175,8 +175,9 @@ MAX_END = 256 * 1024
 def _check_end(rest: bytes, reader: BodyReader, what: str) -> None:
     """The body after its records is valid JSON, at most MAX_END bytes, and names "data" once
     (json keeps the last of two, whose records are not the ones read: refused)."""
-    more, ended = reader.read_up_to(MAX_END + 1 - len(rest))
-    if not ended or len(rest) + len(more) > MAX_END:
+    after = len(rest) - len(_REST)  # `rest` starts with _REST, then the `]`
+    more, ended = reader.read_up_to(MAX_END + 1 - after)
+    if not ended or after + len(more) > MAX_END:
         raise ProtocolError(f"{what}: more than {MAX_END} bytes after the records")
     keys: list[str] = []
 
@@ -185,7 +186,9 @@ def _check_end(rest: bytes, reader: BodyReader, what: str) -> None:
         return dict(members)
 
     try:
-        json.loads(rest + more, object_pairs_hook=pairs)
+        # As the other readers read: invalid UTF-8 repaired, control characters in strings.
+        json.loads((rest + more).decode("utf-8", "replace"), object_pairs_hook=pairs,
+                   strict=False)
     except (ValueError, RecursionError):
         raise ProtocolError(f"{what}: response is not valid JSON after the records") from None
     if keys.count("data") != 1:

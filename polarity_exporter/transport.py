@@ -254,17 +254,21 @@ def _sent_secrets(config: PolarityConfig, proxies: Iterable[str]) -> tuple[str, 
             user, password = unquote(parts.username or ""), unquote(parts.password)
             secrets += [parts.password, password,
                         base64.b64encode(f"{user}:{password}".encode()).decode()]
-    return _forms(secret for secret in secrets if len(secret) >= 4)  # "a" would redact text
+    return _forms(secrets)
 
 
 def _forms(secrets: Iterable[str]) -> tuple[str, ...]:
     """Each secret, and how it reads escaped in a URL (a Location that quotes the request), in
-    JSON, or in a URL quoting the JSON login body; longest first, so that no form is left half
-    replaced."""
-    forms = {form for secret in secrets
+    JSON, in a URL quoting the JSON login body, with its whitespace runs as one space (text put
+    on one line), in a repr (an exception quoting a status line), or as UTF-8 read as Latin-1
+    (http.client reads headers so); longest first, so that no form is left half replaced."""
+    variants = {variant for secret in secrets
+                for variant in (secret, " ".join(secret.split()),
+                                secret.encode("utf-8", "replace").decode("latin-1"))}
+    forms = {form for secret in variants
              for escaped in (json.dumps(secret)[1:-1],)
              for form in (secret, quote(secret, safe=""), quote_plus(secret), escaped,
-                          quote(escaped, safe=""), quote_plus(escaped))}
+                          quote(escaped, safe=""), quote_plus(escaped), repr(secret)[1:-1])}
     return tuple(sorted(forms, key=len, reverse=True))
 
 

@@ -521,3 +521,62 @@ def test_history_limit_is_at_most_a_thousand() -> None:
     from polarity_exporter.cli import command
     result = CliRunner().invoke(command, ["--history.limit", "1001", "--demo"])
     assert result.exit_code == 2 and "1001 is not in the range 0<=x<=1000" in result.output
+
+
+# --- the third attack: the scrub's own cost, and what urllib3 quotes --------------------------
+
+def test_scrubbing_the_longest_header_of_the_longest_tokens_fits_the_shortest_deadline() -> None:
+    import time
+
+    from polarity_exporter.config import PolarityConfig
+    from polarity_exporter.transport import Transport
+    from polarity_exporter.web import MIN_TIMEOUT
+    transport = Transport(PolarityConfig("https://polarity.example", Password("bob", "pw-1234")))
+    for n in range(4):  # the tokens a transport remembers, each as long as auth accepts
+        transport.remember_token("a" * 8191 + str(n))
+    header = "a" * 65536  # the longest header line http.client reads
+    started = time.process_time()
+    assert transport.scrub(header) == header
+    # A regex of the secrets took 9.5 s here (a server's tokens froze the process).
+    assert time.process_time() - started < MIN_TIMEOUT
+
+
+def test_an_echo_read_as_latin_1_or_quoted_by_repr_is_redacted() -> None:
+    from polarity_exporter.config import PolarityConfig
+    from polarity_exporter.transport import Transport
+    password = "pässwort's-Secret-42"
+    transport = Transport(PolarityConfig("https://polarity.example", Password("bob", password)))
+    mojibake = password.encode().decode("latin-1")
+    for echoed in (mojibake, repr(password), repr(mojibake)):
+        assert "Secret-42" not in transport.scrub(f"BadStatusLine({echoed})")
+
+
+def test_secrets_of_fewer_than_four_characters_besides_whitespace_are_not_looked_for() -> None:
+    from polarity_exporter.errors import scrub
+    assert scrub("page 1: HTTP 500", ["e", "    ", "a  b"]) == "page 1: HTTP 500"
+    assert scrub("x HTTP 500", ["http"]) == "x <redacted> 500"
+
+
+def test_a_body_read_failure_never_quotes_what_the_server_sent() -> None:
+    import urllib3
+
+    from polarity_exporter.bodies import _read_failure
+    echoed = urllib3.exceptions.DecodeError("Received response with content-encoding: gzip, "
+                                            "bearer tok-secret-0123, but failed to decode it.")
+    assert "secret" not in _read_failure(echoed)
+
+
+def test_urllib3s_header_parsing_warning_is_logged_without_the_headers(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from polarity_exporter.logs import setup_logging
+    setup_logging("info")
+    try:
+        raise ValueError("unparsed data: 'X-Echo pw-Secret-0123'")
+    except ValueError:
+        logging.getLogger("urllib3.connection").warning(
+            "Failed to parse headers (url=%s): %s", "https://p", "X-Echo pw-Secret-0123",
+            exc_info=True)
+    err = capsys.readouterr().err
+    assert "Failed to parse headers" in err and "pw-Secret" not in err
