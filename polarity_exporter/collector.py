@@ -240,7 +240,9 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
         sample(metrics.LISTING_COMPLETE, {}, 1.0 if result.listing.complete else 0.0)
     sample(metrics.BUILD_INFO, {"version": __version__}, 1.0)
     integrations = result.integrations or {}
-    reuse = reuse if reuse is not None and integrations else None  # none kept for no listing
+    if reuse is not None and not integrations:  # no listing: nothing to keep, nor to hold
+        reuse.forget()
+        reuse = None
     by_ids: dict[str, dict[str, str]] = {}
 
     def label_dicts() -> dict[str, dict[str, str]]:
@@ -261,15 +263,15 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
         key = errors_key(result.errors.integrations) if reuse is not None else ()
         errored = reuse.errored_for(integrations, key) if reuse is not None else None
         if errored is None:
-            errored, warned = _errored(integrations, label_dicts(), result.errors, config,
-                                       key)
-            # Not kept: a warning said on every scrape, or orphans merged (see errors_key).
-            if reuse is not None and not warned and not errored.orphans_folded:
-                reuse.errored = errored
+            errored = _errored(integrations, label_dicts(), result.errors, config, key)
+            if reuse is not None:  # not a build that merged orphans (see errors_key)
+                reuse.errored = None if errored.orphans_folded else errored
         families.use(errored.families)
         sample(metrics.ORPHAN_IDS_FOLDED, {}, errored.orphans_folded)
         sample(metrics.ERROR_CODES_FOLDED, {}, errored.codes_folded)
     else:
+        if reuse is not None:
+            reuse.errored = None
         for label, integration in integrations.items():
             if integration.error_refs is not None:
                 # The errors endpoint failed (403 for ordinary accounts): fall back to the
@@ -298,15 +300,15 @@ def _listed(integrations: dict[str, Integration], by_ids: dict[str, dict[str, st
 
 def _errored(integrations: dict[str, Integration], by_ids: dict[str, dict[str, str]],
              summary: ErrorSummary, config: CollectorConfig,
-             key: ErrorsKey) -> tuple[Errored, bool]:
+             key: ErrorsKey) -> Errored:
     """The families of the error summary: every listed integration (an explicit zero without
-    errors), then the ids only the errors name; and whether a warning was logged."""
+    errors), then the ids only the errors name."""
     errors = _ErrorSamples(summary, config)
     for label in integrations:
         errors.add(label, by_ids[label])
     orphans_folded = errors.add_orphans()
     return Errored(list(integrations), key, errors.families,
-                   float(orphans_folded), float(errors.codes_folded)), errors.warned
+                   float(orphans_folded), float(errors.codes_folded))
 
 
 class _Listed:
@@ -382,7 +384,6 @@ class _ErrorSamples:
         self._max_orphans = config.max_orphan_ids
         self._done: set[str] = set()
         self.codes_folded = 0
-        self.warned = False
 
     def add(self, label: str, by_id: dict[str, str]) -> None:
         self._done.add(label)
@@ -435,7 +436,6 @@ class _ErrorSamples:
                 # orphans have no series of their own. Counted, and said once per scrape.
                 log.warning("orphan error ids not exported: a listed integration is named "
                             f"{OTHER_ID!r}", extra={"ids": len(rest), "records": merged.records})
-                self.warned = True
             else:
                 kept.append((OTHER_ID, merged))
             orphans = kept

@@ -67,8 +67,8 @@ class Family:
 class Built(Metric):
     """A family that nothing changes once its builder has returned: the per-integration
     families, which the collector reuses whole on a later scrape whose records are equal. So
-    the exposition may keep its sample lines on it (`lines`), written once for every scrape
-    that serves it."""
+    the exposition keeps its sample lines on it (`lines`), written once for every scrape that
+    serves it, and lets its samples go: from then on, the family is its text."""
 
     lines: bytes | None = None
 

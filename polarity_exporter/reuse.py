@@ -11,7 +11,9 @@ from a key of the error summary (errors_key), each held for as long as its own i
 A changed integration or record means a build, as before.
 
 Memory, per target between scrapes: the listed integrations, the errors key (a few tuples per
-integration and code, no affected user ids), and the families with their encoded text.
+integration and code, no affected user ids), and the families as their encoded text (the
+exposition lets their samples go). A scrape without a listing or without errors lets the
+groups it did not build go.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class Reuse:
     def __init__(self) -> None:
         self.listed: Listed | None = None
         self.errored: Errored | None = None
+
+    def forget(self) -> None:
+        """Hold nothing: the last scrape had no groups to keep."""
+        self.listed = self.errored = None
 
     def listed_for(self, integrations: dict[str, Integration]) -> Listed | None:
         last = self.listed

@@ -62,9 +62,10 @@ CHANGES: dict[str, Callable[[list[Any], list[Any]], None]] = {
 }
 
 
-def answers(change: str) -> tuple[bytes, bytes]:
+def answers(*changes: str) -> tuple[bytes, bytes]:
     listing, errors = copy.deepcopy(DATASET.integrations), copy.deepcopy(DATASET.errors)
-    CHANGES[change](listing, errors)
+    for change in changes:
+        CHANGES[change](listing, errors)
     page = {"data": listing, "meta": {"page": {"number": 1, "size": 1000,
                                                 "total": len(listing)}}}
     return json.dumps(page).encode(), json.dumps({"data": errors}).encode()
@@ -82,8 +83,8 @@ def served() -> Iterator[tuple[Simulator, PolarityClient]]:
             client.close()
 
 
-def serve(sim: Simulator, change: str) -> None:
-    listing, errors = answers(change)
+def serve(sim: Simulator, *changes: str) -> None:
+    listing, errors = answers(*changes)
     sim.faults = F.chain(F.body(listing, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)))
 
 
@@ -96,16 +97,17 @@ def stable(families: list[Any], encode: Callable[[list[Any]], bytes]) -> list[st
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(list(CHANGES)), min_size=2, max_size=5),
+@given(st.lists(st.lists(st.sampled_from(list(CHANGES)), min_size=1, max_size=3),
+                min_size=2, max_size=5),
        st.sampled_from([CollectorConfig(), CollectorConfig(max_codes=2, max_orphan_ids=2),
                         CollectorConfig(max_label_length=8)]))
 def test_whatever_changes_between_scrapes_metrics_say_what_a_fresh_build_says(
-        served: tuple[Simulator, PolarityClient], changes: list[str],
+        served: tuple[Simulator, PolarityClient], changes: list[list[str]],
         config: CollectorConfig) -> None:
     sim, client = served
     keeping = PolarityCollector(client, config)
-    for change in changes:
-        serve(sim, change)
+    for change in changes:  # each scrape: the dataset with one to three changes
+        serve(sim, *change)
         kept, _ = keeping.scrape(Deadline(5.0))
         fresh, _ = PolarityCollector(client, config).scrape(Deadline(5.0))
         for encode in (encode_text, encode_openmetrics):
@@ -191,3 +193,91 @@ def test_a_build_that_merged_orphans_is_not_kept(
     second, _ = collector.scrape(Deadline(5.0))
     errors = metrics.INTEGRATION_ERRORS.base
     assert by_name(second)[errors] is not by_name(first)[errors]
+
+
+# Two answers in a row that differ only in what one part of the comparison looks at (found by
+# removing each part in turn: without it, the second scrape served the first one's text).
+def _integration(ident: str) -> dict[str, Any]:
+    return {"type": "integrations", "id": ident, "attributes": {"name": ident,
+                                                                 "status": "running"}}
+
+
+def _record(ident: str, code: str, count: Any = 1, occurred: str | None = "2024-01-02T00:00:00Z",
+            users: tuple[str, ...] = ()) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"integration-id": ident, "code": code}
+    if count is not None:
+        attributes["error-count"] = count
+    if occurred is not None:
+        attributes["occurred-on"] = occurred
+    if users:
+        attributes["meta"] = {"affected_users": [{"id": user} for user in users]}
+    return {"type": "integration-errors", "id": "r", "attributes": attributes}
+
+
+OLDER = "2024-01-01T00:00:00Z"
+TWO_ANSWERS = {
+    "one more record, adding no count and no newer time": (
+        [_record("x", "E")], [_record("x", "E"), _record("x", "E", None, OLDER)]),
+    "a count that becomes unreadable": ([_record("x", "E", 0)], [_record("x", "E", "many")]),
+    "two codes in the other order": ([_record("x", "A"), _record("x", "B")],
+                                     [_record("x", "B"), _record("x", "A")]),
+    "two orphan ids in the other order": ([_record("o1", "A"), _record("o2", "A")],
+                                          [_record("o2", "A"), _record("o1", "A")]),
+    "another user, as many users": ([_record("x", "E", users=("u1",))],
+                                    [_record("x", "E", users=("u2",))]),
+    "one more user": ([_record("x", "E", users=("u1",))],
+                      [_record("x", "E", users=("u1", "u2"))]),
+    "a newer occurrence, the same count": ([_record("x", "E", 1, OLDER)], [_record("x", "E")]),
+    "codes beyond the summary's limit": (
+        [*(_record("x", f"C{i}") for i in range(9)), _record("x", "other"),
+         _record("x", "C0", None, None)],
+        [*(_record("x", f"C{i}") for i in range(9)), _record("x", "other"),
+         _record("x", "Z", None, None)]),
+}
+
+
+@pytest.mark.parametrize("case", list(TWO_ANSWERS))
+def test_two_answers_that_differ_in_one_part_of_the_key_are_not_taken_for_equal(
+        served: tuple[Simulator, PolarityClient], monkeypatch: pytest.MonkeyPatch,
+        case: str) -> None:
+    from polarity_exporter import summary
+    monkeypatch.setattr(summary, "MAX_SUMMARY_CODES", 10)  # the last case, with fewer codes
+    sim, client = served
+    keeping = PolarityCollector(client, CollectorConfig(max_codes=50))
+    page = json.dumps({"data": [_integration("x")],
+                       "meta": {"page": {"number": 1, "size": 1000, "total": 1}}}).encode()
+    for records in TWO_ANSWERS[case]:
+        sim.faults = F.chain(F.body(page, F.on(F.INTEGRATIONS)),
+                             F.body(json.dumps({"data": records}).encode(), F.on(F.ERRORS)))
+        kept, _ = keeping.scrape(Deadline(5.0))
+        fresh, _ = PolarityCollector(client, CollectorConfig(max_codes=50)).scrape(
+            Deadline(5.0))
+        assert stable(kept, encode_text) == stable(fresh, encode_text), case
+
+
+def test_nothing_is_held_for_a_scrape_without_errors_or_listing(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig())
+    serve(sim, "nothing")
+    collector.scrape(Deadline(5.0))
+    assert collector._reuse.listed is not None and collector._reuse.errored is not None
+    listing, _ = answers("nothing")
+    sim.faults = F.chain(F.body(listing, F.on(F.INTEGRATIONS)), F.status(403, F.on(F.ERRORS)))
+    collector.scrape(Deadline(5.0))
+    assert collector._reuse.errored is None and collector._reuse.listed is not None
+    sim.faults = F.status(500, F.on(F.INTEGRATIONS))
+    collector.scrape(Deadline(5.0))
+    assert collector._reuse.listed is None
+
+
+def test_an_encoded_family_is_its_text_and_holds_its_samples_no_longer(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    serve(sim, "nothing")
+    families, _ = PolarityCollector(client, CollectorConfig()).scrape(Deadline(5.0))
+    info = by_name(families)[metrics.INTEGRATION_INFO.base]
+    assert len(info.samples) == len(DATASET.integrations)
+    text = encode_text(families)
+    assert info.samples == [] and info.lines is not None
+    assert encode_text(families) == text
