@@ -137,9 +137,28 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{name}="{_escape(labels[name])}"' for name in order) + "}"
 
 
+Part = bytes | Built  # a Built family's part is its kept text (family.lines)
+
+
 def encode_text(families: Iterable[Any]) -> bytes:
     """The Prometheus text format 0.0.4."""
-    out: list[bytes] = []
+    return join(text_parts(families))
+
+
+def encode_openmetrics(families: Iterable[Any]) -> bytes:
+    """OpenMetrics 1.0."""
+    return join(openmetrics_parts(families))
+
+
+def join(parts: list[Part]) -> bytes:
+    return b"".join(part if type(part) is bytes else part.lines or b""  # type: ignore[union-attr]
+                    for part in parts)
+
+
+def text_parts(families: Iterable[Any]) -> list[Part]:
+    """encode_text's answer in parts, a Built family's lines as the family (gzipped.py
+    compresses those once)."""
+    out: list[Part] = []
     # id(labels dict) -> "{…}": the collector shares one label dict between the samples of an
     # integration (or an integration and code) across families. They are alive until the end.
     rendered: dict[int, str] = {}
@@ -153,14 +172,14 @@ def encode_text(families: Iterable[Any]) -> bytes:
         kind = "untyped" if family.type == "unknown" else family.type
         doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n".encode())
-        out.append(samples)
-    return b"".join(out)
+        out.append(family if type(family) is Built else samples)
+    return out
 
 
-def encode_openmetrics(families: Iterable[Any]) -> bytes:
-    """OpenMetrics 1.0."""
-    out: list[bytes] = []
-    rendered: dict[int, str] = {}  # as in encode_text
+def openmetrics_parts(families: Iterable[Any]) -> list[Part]:
+    """encode_openmetrics' answer in parts, as text_parts."""
+    out: list[Part] = []
+    rendered: dict[int, str] = {}  # as in text_parts
     for family in families:
         try:
             samples = _lines(family, rendered)
@@ -173,9 +192,13 @@ def encode_openmetrics(families: Iterable[Any]) -> bytes:
                    f"# TYPE {family.name} {family.type}\n".encode())
         if family.unit:
             out.append(f"# UNIT {family.name} {family.unit}\n".encode())
-        out.append(samples)
+        out.append(family if type(family) is Built else samples)
     out.append(b"# EOF\n")
-    return b"".join(out)
+    return out
+
+
+PARTS: dict[Callable[[Iterable[Any]], bytes], Callable[[Iterable[Any]], list[Part]]] = {
+    encode_text: text_parts, encode_openmetrics: openmetrics_parts}
 
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -71,6 +71,7 @@ class Built(Metric):
     serves it, and lets its samples go: from then on, the family is its text."""
 
     lines: bytes | None = None
+    deflated: bytes | None = None  # gzipped.py: the lines compressed, once
 
 
 OTHER = "other"  # the label value that folded codes and orphan ids share
