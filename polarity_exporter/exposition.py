@@ -86,14 +86,23 @@ def _lines(family: Any, rendered: dict[int, str]) -> bytes:
     """The family's sample lines, encoded; those of a Built family once, kept on it in place
     of its samples (which nothing reads after: the text takes less memory than they did)."""
     if type(family) is not Built:
-        return "".join(_samples(family, rendered)).encode("utf-8")
-    if family.lines is None:
-        family.lines = "".join(_samples(family, rendered)).encode("utf-8")
-        family.samples = []
-    return family.lines
+        return "".join(_samples(family, family.samples, rendered)).encode("utf-8")
+    # Two scrapes sharing a fetch may encode the same new family at once. Whoever finishes
+    # first sets `lines`, then lets the samples go: so a thread that finds the samples gone
+    # finds `lines` set (read again after taking the samples), and never writes the text of
+    # an emptied list.
+    lines = family.lines
+    if lines is None:
+        samples = family.samples
+        lines = family.lines
+        if lines is None:
+            lines = "".join(_samples(family, samples, rendered)).encode("utf-8")
+            family.lines = lines
+            family.samples = []
+    return lines
 
 
-def _samples(family: Any, rendered: dict[int, str]) -> list[str]:
+def _samples(family: Any, samples: list[Any], rendered: dict[int, str]) -> list[str]:
     """The family's sample lines, in one pass; _NotSimple for a family outside the simple shape
     (the check costs nothing extra: it is made on the fields being read anyway)."""
     if family.type not in _SIMPLE_TYPES or not _LEGACY_NAME.fullmatch(family.name):
@@ -101,7 +110,7 @@ def _samples(family: Any, rendered: dict[int, str]) -> list[str]:
     first, second = (family.name, family.name + "_total") if family.type == "counter" \
         else (family.name, family.name)
     lines: list[str] = []
-    for name, labels, value, timestamp, exemplar, native in family.samples:
+    for name, labels, value, timestamp, exemplar, native in samples:
         if (name != first and name != second) or timestamp is not None \
                 or exemplar is not None or native is not None:
             raise _NotSimple

@@ -37,12 +37,13 @@ def compress(parts: list[Part]) -> bytes:
     crc = size = 0
     for part in parts:
         if type(part) is Built and part.lines:
+            data = part.lines  # read once: the run and the CRC are of the same bytes
             out.append(_run(b"".join(pending)))
             pending = []
-            if part.deflated is None:
-                part.deflated = _run(part.lines)
-            out.append(part.deflated)
-            data = part.lines
+            deflated = part.deflated
+            if deflated is None:
+                part.deflated = deflated = _run(data)
+            out.append(deflated)
         else:
             data = part if type(part) is bytes else b""
             pending.append(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from typing import Any
 
 import pytest
 import requests
@@ -83,3 +84,30 @@ def stable(text: str) -> list[str]:
     return [line for line in text.splitlines()
             if not line.startswith(("polarity_scrape_duration", "polarity_scrape_timeout",
                                     "process_"))]
+
+
+def test_an_encoder_that_finds_the_samples_gone_serves_the_text_the_first_one_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two scrapes sharing a fetch encode a new family at once: the other one finishes (keeps
+    # the text, lets the samples go) between this one's look at `lines` and at the samples.
+    from prometheus_client.samples import Sample
+
+    from polarity_exporter.exposition import text_parts
+
+    stored: dict[int, list[Any]] = {}
+    raced: set[int] = set()
+
+    def samples(family: Built) -> list[Any]:
+        if id(family) not in raced and family.lines is None:
+            raced.add(id(family))
+            join(text_parts([family]))  # the other scrape, done first
+        return stored[id(family)]
+
+    def set_samples(family: Built, value: list[Any]) -> None:
+        stored[id(family)] = value
+
+    monkeypatch.setattr(Built, "samples", property(samples, set_samples), raising=False)
+    family = Built("polarity_x", "x", "gauge")
+    family.samples = [Sample("polarity_x", {"integration_id": str(n)}, 1.0) for n in range(5)]
+    answer = join(text_parts([family]))
+    assert answer.count(b"\npolarity_x{") == 5 and family.lines == answer.split(b"\n", 2)[2]
