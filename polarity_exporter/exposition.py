@@ -160,8 +160,8 @@ def encode_openmetrics(families: Iterable[Any]) -> bytes:
 
 
 def join(parts: list[Part]) -> bytes:
-    return b"".join(part if type(part) is bytes else part.lines or b""  # type: ignore[union-attr]
-                    for part in parts)
+    """The answer of text_parts or openmetrics_parts, whole."""
+    return b"".join(part.lines or b"" if isinstance(part, Built) else part for part in parts)
 
 
 def text_parts(families: Iterable[Any]) -> list[Part]:
