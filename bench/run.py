@@ -102,11 +102,12 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 60) -> No
 
 @contextmanager
 def simulator(integrations: int, errors: int, latency: float = 0.0,
-              meta_bytes: int = 200) -> Iterator[str]:
+              meta_bytes: int = 200, changing: bool = False) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "polarity_exporter.simulator", "--port", "0",
          "--integrations", str(integrations), "--errors", str(errors),
-         "--latency", str(latency), "--meta-bytes", str(meta_bytes)],
+         "--latency", str(latency), "--meta-bytes", str(meta_bytes),
+         *(["--errors-changing"] if changing else [])],
         stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         assert proc.stdout is not None
@@ -359,8 +360,14 @@ def cpu_per_scrape(sizes: Sizes) -> list[Row]:
     """CPU per scrape at the sizes most servers have, the exporter and the straightforward one
     scraped alternately on one simulator (Prometheus' headers: gzip and a scrape timeout)."""
     rows = []
-    for (n, m), target in zip(sizes.cpu_sizes, (0.6, 0.35), strict=True):
-        with simulator(n, m) as url, exporter(url) as ours, straightforward(url, 200) as base:
+    # The last: the larger size on a server whose errors change on every scrape (one more
+    # occurrence of one record), so that no errors body is the last one: published, no target.
+    runs = [(n, m, target, False) for (n, m), target in
+            zip(sizes.cpu_sizes, (0.3, 0.2), strict=True)]
+    runs.append((*sizes.cpu_sizes[-1], None, True))
+    for n, m, target, changing in runs:
+        with simulator(n, m, changing=changing) as url, exporter(url) as ours, \
+                straightforward(url, 200) as base:
             ours.scrape().check_complete()
             base.scrape()
             spent = {"ours": 0.0, "base": 0.0}
@@ -370,10 +377,13 @@ def cpu_per_scrape(sizes: Sizes) -> list[Row]:
         ours_ms = spent["ours"] / sizes.cpu_scrapes * 1000
         base_ms = spent["base"] / sizes.cpu_scrapes * 1000
         ratio = ours_ms / base_ms
-        rows.append(Row(f"{n} integrations, {m:,} error records, {sizes.cpu_scrapes} scrapes each",
-                        "CPU per scrape, alternating with the straightforward exporter",
+        scenario = f"{n} integrations, {m:,} error records, {sizes.cpu_scrapes} scrapes each" \
+            + (", the errors changing on every scrape" if changing else "")
+        rows.append(Row(scenario, "CPU per scrape, alternating with the straightforward exporter",
                         f"{ours_ms:.1f} ms", f"straightforward {base_ms:.1f} ms",
-                        f"{ratio:.2f}x", f"≤ {target}x straightforward", ratio <= target))
+                        f"{ratio:.2f}x",
+                        "—" if target is None else f"≤ {target}x straightforward",
+                        None if target is None else ratio <= target))
     return rows
 
 

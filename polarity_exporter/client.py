@@ -13,6 +13,7 @@ whole only up to WHOLE_ERRORS_BYTES, and in pieces or streamed beyond that.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -300,10 +301,15 @@ class PolarityClient:
             else:
                 yield read
 
-    def read_errors(self, deadline: Deadline, problems: Problems,
-                    text: bool = False) -> Iterator[ErrorRecord | DocumentedErrors]:
+    def read_errors(self, deadline: Deadline, problems: Problems, text: bool = False,
+                    known: Callable[[bytes], bool] | None = None,
+                    ) -> Iterator[ErrorRecord | DocumentedErrors]:
         """Error records as they are read, or (without `text`) a whole body in the documented
         shape as one DocumentedErrors, which the summary folds without a record per record.
+
+        `known` (without `text`) is given the SHA-256 digest of a body read whole, before it is
+        decoded: when it answers True the caller holds what this body gives already, and nothing
+        is decoded or yielded.
 
         A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape by msgspec
         (documented.documented_batch), otherwise generically and record by record. A larger
@@ -328,6 +334,13 @@ class PolarityClient:
                     del head
                     yield from streamed
                 return
+            if known is not None and not text:
+                # hashlib lets the GIL go: other scrapes run meanwhile.
+                digest = hashlib.sha256(head).digest()
+                if known(digest):
+                    deadline.note(f"{ERRORS}: {len(head)} bytes, the body the kept families were "
+                                  "built from (the same SHA-256): not decoded")
+                    return
             with self._decode_lock:  # one whole body decoded at a time, pages included
                 records: list[ErrorRecord] | DocumentedErrors | None = \
                     documented_errors(head, problems, text) if text else \

@@ -8,9 +8,10 @@ records are equal (reuse.py): an integration that disappears from Polarity disap
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -50,6 +51,10 @@ class ScrapeResult:
     integrations: dict[str, Integration] | None = None  # by label value
     listing: Listing[Integration] | None = None
     errors: ErrorSummary | None = None
+    errors_digest: bytes | None = None  # SHA-256 of the errors body, when read whole
+    # The kept errors' families, when the errors body was the one they were built from (then
+    # `errors` is empty: the body was not decoded)
+    errors_kept: Errored | None = None
     problems: dict[str, Problems] = field(
         default_factory=lambda: {"integrations": Counter(), "errors": Counter()})
     duration: float = 0.0
@@ -123,11 +128,15 @@ class PolarityCollector:
                                           result, self._client.authenticate, deadline) is not None
         if result.authenticated:
             # The errors download runs beside the listing, on a thread kept for it (pools.py).
+            listed = threading.Event()  # the listing is done, read or failed (_SameBody)
             errors = pools.errors.submit(self._part, "errors", "cannot read integration errors",
-                                         result, self._fetch_errors, deadline,
-                                         result.problems["errors"]) if self._errors else None
-            self._part("integrations", "cannot list integrations", result,
-                       self._fetch_integrations, deadline, result)
+                                         result, self._fetch_errors, deadline, result,
+                                         listed) if self._errors else None
+            try:
+                self._part("integrations", "cannot list integrations", result,
+                           self._fetch_integrations, deadline, result)
+            finally:
+                listed.set()
             result.errors = errors.result() if errors is not None else None
             self._emit_events(result)
         result.duration = time.perf_counter() - started
@@ -177,11 +186,19 @@ class PolarityCollector:
         listing.items = []  # kept once, by label
         result.listing = listing
 
-    def _fetch_errors(self, deadline: Deadline, problems: Problems) -> ErrorSummary:
+    def _fetch_errors(self, deadline: Deadline, result: ScrapeResult,
+                      listed: threading.Event) -> ErrorSummary:
+        problems = result.problems["errors"]
         events = self._events
         if events is None:
-            summary = summarize_errors(self._client.read_errors(deadline, problems),
+            same = _SameBody(self._reuse, result, listed, deadline)
+            summary = summarize_errors(self._client.read_errors(deadline, problems, known=same),
                                        self._clean, problems)
+            result.errors_digest, result.errors_kept = same.digest, same.kept
+            if same.kept is not None:  # the same bytes: the same fields unreadable
+                problems.clear()
+                problems.update(same.kept.problems or {})
+                return summary
         else:
             # One fetch at a time per collector (the shared scrape's single flight).
             self._read = read = Read()
@@ -260,12 +277,16 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
     result.problems["integrations"].update(listed.problems)
     families.use(listed.families)
     if result.errors is not None:
-        key = errors_key(result.errors.integrations) if reuse is not None else ()
-        errored = reuse.errored_for(integrations, key) if reuse is not None else None
+        errored = result.errors_kept  # the errors body the kept families were built from
         if errored is None:
-            errored = _errored(integrations, label_dicts(), result.errors, config, key)
+            key = errors_key(result.errors.integrations) if reuse is not None else ()
+            errored = reuse.errored_for(integrations, key) if reuse is not None else None
+            if errored is None:
+                errored = _errored(integrations, label_dicts(), result.errors, config, key)
             if reuse is not None:  # not a build that merged orphans (see errors_key)
-                reuse.errored = None if errored.orphans_folded else errored
+                reuse.errored = None if errored.orphans_folded else replace(
+                    errored, digest=result.errors_digest,
+                    problems=Counter(result.problems["errors"]))
         families.use(errored.families)
         sample(metrics.ORPHAN_IDS_FOLDED, {}, errored.orphans_folded)
         sample(metrics.ERROR_CODES_FOLDED, {}, errored.codes_folded)
@@ -309,6 +330,30 @@ def _errored(integrations: dict[str, Integration], by_ids: dict[str, dict[str, s
     orphans_folded = errors.add_orphans()
     return Errored(list(integrations), key, errors.families,
                    float(orphans_folded), float(errors.codes_folded))
+
+
+class _SameBody:
+    """client.read_errors' `known`, on the errors thread: whether a whole errors body is the
+    one the kept errors' families were built from, for the integrations this scrape lists. Only
+    when the digests are equal does it wait for the listing, read beside it on the fetch thread
+    (which waits for the errors only once the listing is done, so never for this wait)."""
+
+    def __init__(self, reuse: Reuse, result: ScrapeResult, listed: threading.Event,
+                 deadline: Deadline) -> None:
+        self._reuse, self._result, self._listed, self._deadline = reuse, result, listed, deadline
+        self.digest: bytes | None = None
+        self.kept: Errored | None = None
+
+    def __call__(self, digest: bytes) -> bool:
+        self.digest = digest
+        kept = self._reuse.errored_from(digest)
+        if kept is None or not self._listed.wait(max(0.0, self._deadline.remaining())):
+            return False
+        integrations = self._result.integrations
+        if not integrations or kept.labels != list(integrations):
+            return False  # other integrations listed: the families change, built anew
+        self.kept = kept
+        return True
 
 
 class _Listed:

@@ -46,7 +46,8 @@ def test_every_target_has_a_measured_row(bench: tuple[str, list[dict[str, Any]]]
                for row in rows)
     cpu = [row["target"] for row in rows
            if row["measure"] == "CPU per scrape, alternating with the straightforward exporter"]
-    assert cpu == ["≤ 0.6x straightforward", "≤ 0.35x straightforward"]
+    # issue 23's two targets, and the larger size with its errors changing: published only
+    assert cpu == ["≤ 0.3x straightforward", "≤ 0.2x straightforward", "—"]
     fleet = [row for row in rows if row["measure"].startswith("probes inside their deadline")]
     assert len(fleet) == 1 and fleet[0]["target"] == "all"
     assert fleet[0]["met"] is True  # every probe of the smoke fleet answered polarity_up 1

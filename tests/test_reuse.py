@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +24,9 @@ from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector
 from polarity_exporter.config import CollectorConfig, Password, PolarityConfig
 from polarity_exporter.deadline import Deadline
+from polarity_exporter.events import ErrorEvents
 from polarity_exporter.exposition import encode_openmetrics, encode_text
+from polarity_exporter.fetchlog import FetchLog
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 from polarity_exporter.simulator import faults as F
 from polarity_exporter.simulator.dataset import DatasetSpec, generate
@@ -281,3 +284,95 @@ def test_an_encoded_family_is_its_text_and_holds_its_samples_no_longer(
     text = encode_text(families)
     assert info.samples == [] and info.lines is not None
     assert encode_text(families) == text
+
+
+# --- an errors body byte for byte the last: not decoded (collector._SameBody) -------------
+
+NOT_DECODED = "not decoded"  # what the fetch log says of such a body (client.read_errors)
+
+
+def logged_scrape(collector: PolarityCollector, seconds: float = 5.0) -> tuple[list[Any], str]:
+    deadline = Deadline(seconds, log=FetchLog())
+    families, _ = collector.scrape(deadline)
+    assert deadline.log is not None
+    return families, deadline.log.text()
+
+
+@pytest.mark.parametrize(("change", "decoded"), [
+    ("nothing", False),
+    ("a status", False),  # the listing changed, its labels did not
+    ("an error count", True),
+    ("the order of two records", True),
+    ("an integration gone (its errors orphaned)", True),  # the same body, other labels
+    ("the order of two integrations", True),
+])
+def test_an_errors_body_is_decoded_unless_it_and_the_listed_labels_are_the_last_ones(
+        served: tuple[Simulator, PolarityClient], change: str, decoded: bool) -> None:
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig())
+    serve(sim, "nothing")
+    _, first = logged_scrape(collector)
+    serve(sim, change)
+    second, log = logged_scrape(collector)
+    fresh, _ = PolarityCollector(client, CollectorConfig()).scrape(Deadline(5.0))
+    assert NOT_DECODED not in first
+    assert (NOT_DECODED not in log) is decoded, log
+    assert stable(second, encode_text) == stable(fresh, encode_text)
+
+
+def test_an_undecoded_body_counts_the_fields_it_could_not_read_again(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    page = json.dumps({"data": [_integration("x")],
+                       "meta": {"page": {"number": 1, "size": 1000, "total": 1}}}).encode()
+    records = [_record("x", "E", "many"), _record("x", "F", 2, "yesterday")]
+    sim.faults = F.chain(F.body(page, F.on(F.INTEGRATIONS)),
+                         F.body(json.dumps({"data": records}).encode(), F.on(F.ERRORS)))
+    collector = PolarityCollector(client, CollectorConfig())
+    counted = []
+    for _ in range(2):
+        families, log = logged_scrape(collector)
+        counted.append({(s.labels["collector"], s.labels["field"]): s.value
+                        for s in by_name(families)[metrics.UNREADABLE_FIELDS.base].samples})
+    assert NOT_DECODED in log
+    assert counted[1] == counted[0] and len(counted[0]) == 2
+
+
+def test_an_unchanged_body_after_a_failed_listing_is_decoded(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig())
+    serve(sim, "nothing")
+    logged_scrape(collector)
+    _, errors = answers("nothing")
+    sim.faults = F.chain(F.status(500, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)))
+    second, log = logged_scrape(collector)
+    fresh, _ = PolarityCollector(client, CollectorConfig()).scrape(Deadline(5.0))
+    assert NOT_DECODED not in log
+    assert stable(second, encode_text) == stable(fresh, encode_text)
+
+
+def test_an_unchanged_body_waits_for_a_hanging_listing_no_longer_than_the_deadline(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig())
+    serve(sim, "nothing")
+    logged_scrape(collector)
+    _, errors = answers("nothing")
+    sim.faults = F.chain(F.hang(30, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)))
+    seconds = 1.0
+    started = time.monotonic()
+    families, _ = logged_scrape(collector, seconds)
+    assert time.monotonic() - started < seconds + 1.0  # the deadline, and a second of margin
+    success = {s.labels["collector"]: s.value
+               for s in by_name(families)[metrics.COLLECTOR_SUCCESS.base].samples}
+    assert success == {"integrations": 0.0, "errors": 1.0}
+
+
+def test_with_error_events_every_body_is_decoded(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    collector = PolarityCollector(client, CollectorConfig(), events=ErrorEvents("t"))
+    serve(sim, "nothing")
+    logs = [logged_scrape(collector)[1] for _ in range(2)]
+    assert all(NOT_DECODED not in log for log in logs)

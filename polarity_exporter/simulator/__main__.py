@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="size of each error's meta.stack")
     parser.add_argument("--errors-forbidden", action="store_true",
                         help="answer 403 on /api/integrations/errors")
+    parser.add_argument("--errors-changing", action="store_true",
+                        help="one more occurrence of one record on every errors request")
     return parser
 
 
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                os.environ.get("SIM_PASSWORD", "demo-password")},
         api_keys={api_key: time.time() + API_KEY_LIFETIME} if api_key else {},
         latency=args.latency, token_lifetime=args.token_lifetime,
-        errors_forbidden=args.errors_forbidden, meta_bytes=args.meta_bytes,
+        errors_forbidden=args.errors_forbidden,
+        errors_changing=args.errors_changing, meta_bytes=args.meta_bytes,
         host=args.host, port=args.port)
     sim = Simulator(config)
     try:

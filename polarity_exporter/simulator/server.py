@@ -50,6 +50,9 @@ class SimulatorConfig:
     latency: float = 0.0  # seconds added to every request
     token_lifetime: float = 3600.0
     errors_forbidden: bool = False  # the errors endpoint answers 403, as for a non-admin
+    # Every errors request finds one more occurrence of one record (the next each time), as on
+    # a server whose integrations keep failing: no two errors bodies alike
+    errors_changing: bool = False
     meta_bytes: int = 200  # size of each error's meta.stack; raise it for big-body benchmarks
     base_time: float = DEFAULT_BASE_TIME  # "now" of the dataset: the newest occurred-on
     host: str = "127.0.0.1"
@@ -191,6 +194,7 @@ class Simulator:
         self._errors_body = _chunked_json_list(
             self.dataset.errors, b'{"data":[', b'],"jsonapi":{"version":"1.0"}}')
         self._counts_lock = threading.Lock()
+        self._changes = 0  # errors requests answered with errors_changing
         # Set by stop(): releases handlers held by a TEST-ONLY `hang` fault.
         self.stopping = threading.Event()
         self._server: SimulatorServer | None = None
@@ -376,4 +380,14 @@ class Simulator:
         if self.config.errors_forbidden:
             return _error(403, "Forbidden",
                           "only integration managers and admins can view integration errors")
-        return Response(200, self._errors_body)
+        if not self.config.errors_changing or not self.dataset.errors:
+            return Response(200, self._errors_body)
+        with self._counts_lock:
+            self._changes += 1
+            record = self.dataset.errors[self._changes % len(self.dataset.errors)]
+            attributes = record["attributes"]
+            count = attributes.get("error-count")
+            attributes["error-count"] = (count if isinstance(count, int) else 0) + 1
+            body = _chunked_json_list(self.dataset.errors, b'{"data":[',
+                                      b'],"jsonapi":{"version":"1.0"}}')
+        return Response(200, body)
