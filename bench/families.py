@@ -7,6 +7,10 @@ code) and frozen out of the cyclic GC's sight, then parsed and summarised exactl
 does. `build_families` (with the collector thresholds the exporter process sets) and
 `prometheus_client.generate_latest` are each timed `--repeat` times; the fastest run of each
 is reported, as CPU seconds. Prints one JSON line: {"build", "render", "collect", "samples"}.
+
+With `--on-demand` it then renders once more for every line it reads on stdin and prints that
+render's CPU seconds: bench/run.py asks for one beside each scrape it measures, so both sides
+of a ratio are taken in the same minutes (the machine's speed drifts by a quarter within a few).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -60,6 +65,8 @@ def main() -> None:
     parser.add_argument("--integrations", type=int, required=True)
     parser.add_argument("--errors", type=int, required=True)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--on-demand", action="store_true",
+                        help="then render once per line read on stdin, printing its CPU seconds")
     args = parser.parse_args()
     dataset = generate(DatasetSpec(integrations=args.integrations, errors=args.errors))
     # The exporter process never holds the simulator's dataset: keep the cyclic GC from
@@ -87,7 +94,12 @@ def main() -> None:
     problems = Counter({f"{k}.{f}": n for k, c in result.problems.items() for f, n in c.items()})
     print(json.dumps({"collect": collect_cpu, "build": build_cpu, "render": render_cpu,
                       "samples": sum(len(family.samples) for family in families),
-                      "problems": dict(problems)}))
+                      "problems": dict(problems)}), flush=True)
+    if args.on_demand:
+        for _ in sys.stdin:
+            started = time.process_time()
+            generate_latest(Snapshot(families))
+            print(time.process_time() - started, flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,12 @@ record; msgspec decodes only the fields the exporter reads, several times faster
 whole documents. So the records are taken in pieces, each a run of whole records: the cut is
 proposed by jsondecode.value_end, string-aware, from the bytes at the end of what was read, and
 proven by the decode itself, since `[piece]` is a JSON array only if the cut ends a record. No
-cut is a guess. Anything else (a body that does not start `{"data": [`, a piece msgspec refuses,
+cut is a guess. From the second piece on, the cut is first looked for as the bytes around the
+last proven one (_separator: the closers that end a record, the comma and the next record's
+first key), from the end, by a C search; the walk counts every quote of the piece first, which
+was a tenth of a scrape of 24,000 records. The decode proves that cut too; the first it
+refuses ends the search for the body, so a body made to defeat it costs one decode more.
+Anything else (a body that does not start `{"data": [`, a piece msgspec refuses,
 no provable cut within PIECE_BYTES, the end of the records) hands the rest of the body,
 from the last proven cut, to the streaming parser behind its guard, which reads it as it read
 every streamed body before.
@@ -40,6 +45,12 @@ PIECE_BYTES = 1024 * 1024
 # CPU in pieces than in the streaming parser.
 FIRST_TAIL = 16 * 1024
 MAX_TAIL = 256 * 1024
+# Around a proven cut: the closers before it (at most 16) and, after it, the comma and the
+# next record's first key (at most 64 characters, no escapes): `}}}},{"type"`. Outside strings
+# these bytes are where a record ends and the next starts (or where nested objects do, which
+# the decode refuses as a cut); inside a string their quotes would be escaped.
+_CLOSERS: Final = frozenset(b"}] \t\r\n")
+_NEXT_KEY: Final = re.compile(rb'[ \t\r\n]*,[ \t\r\n]*\{[ \t\r\n]*"[^"\\]{1,64}"')
 # The documented body's start, up to its first record: only then is the first record known.
 _START: Final = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"data"[ \t\r\n]*:[ \t\r\n]*\[')
 _SPACE: Final = re.compile(rb"[ \t\r\n]*")
@@ -79,6 +90,9 @@ class _Pieces:
         self._deadline = deadline
         self._what = what
         self._tail = FIRST_TAIL
+        # The bytes around the last proven cut, and where in them the cut is; None: walk.
+        self._separator: tuple[bytes, int] | None = None
+        self._search = True  # until the decode refuses a cut found by the separator
         self._ended = False  # the whole body is read
         self.count = 0
         self.records = 0
@@ -126,11 +140,32 @@ class _Pieces:
             last = _last_records(data, begin, self._problems)
             if last is not None:
                 return data, last[1], last[0]
+        found = self._by_separator(data, begin, stop)
+        if found is not None:
+            return data, found[1], found[0]
         cut = _cut(data, begin, stop, self._problems, self._tail)
         if cut is None:
             return data, begin, None
         batch, end, self._tail = cut
+        if self._search:
+            self._separator = _separator(data, end)
         return data, end, batch
+
+    def _by_separator(self, data: bytes, begin: int,
+                      stop: int) -> tuple[DocumentedErrors, int] | None:
+        """The records of data[begin:stop] up to the last place that looks as the last proven
+        cut did, if the decode proves it; None to walk."""
+        if self._separator is None:
+            return None
+        separator, offset = self._separator
+        at = data.rfind(separator, begin, stop)
+        if at < 0 or at + offset <= begin:
+            return None
+        batch = documented_piece(data, begin, at + offset, self._problems)
+        if batch is None:  # not where a record ends: walk, for the rest of the body
+            self._separator, self._search = None, False
+            return None
+        return batch, at + offset
 
     def _space(self, data: bytes, begin: int) -> tuple[bytes, int]:
         """Past the whitespace at `begin`, and at least one byte further unless the body
@@ -148,6 +183,18 @@ class _Pieces:
             more, self._ended = self._reader.read_up_to(PIECE_BYTES)
             data, begin = data[begin:] + more, 0
         return data, begin
+
+
+def _separator(data: bytes, cut: int) -> tuple[bytes, int] | None:
+    """The bytes around a proven cut (_CLOSERS before it, _NEXT_KEY after it), and where in
+    them the cut is; None when what follows the cut is not read yet, or is no next record."""
+    after = _NEXT_KEY.match(data, cut)
+    if after is None:
+        return None
+    start = cut
+    while start > cut - 16 and data[start - 1] in _CLOSERS:
+        start -= 1
+    return data[start:after.end()], cut - start
 
 
 def _cut(data: bytes, begin: int, end: int, problems: Problems,

@@ -310,3 +310,65 @@ def test_more_than_max_end_after_the_records_is_refused(small_pieces: None) -> N
         b"x" * pieces.MAX_END + b'"}'
     with pytest.raises(ProtocolError, match="bytes after the records"):
         by_pieces(body, 100)
+
+
+# --- the cut looked for as the bytes around the last one (pieces._separator) -----------------
+
+
+def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Calls of the walk, and decodes of a piece that the decode refused."""
+    calls: Counter[str] = Counter()
+    walk, decode = pieces.value_end, pieces.documented_piece
+
+    def walking(*args: Any) -> Any:
+        calls["walks"] += 1
+        return walk(*args)
+
+    def decoding(*args: Any) -> Any:
+        batch = decode(*args)
+        calls["refused"] += batch is None
+        return batch
+
+    monkeypatch.setattr(pieces, "value_end", walking)
+    monkeypatch.setattr(pieces, "documented_piece", decoding)
+    return calls
+
+
+def test_a_body_of_many_pieces_is_walked_for_its_first_cut_only(
+        small_pieces: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counted(monkeypatch)
+    records = [changed(BASE, ("attributes", "error-count"), n) for n in range(200)]
+    body = body_of(records)
+    assert by_pieces(body, 500) == by_stream(body)
+    assert calls["walks"] == 1 and calls["refused"] == 0
+
+
+def test_a_record_that_holds_the_separator_costs_one_refused_decode_then_walks(
+        small_pieces: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # BASE ends `}}}}` and the next starts `{"id"`: from record 30 on, each meta holds the same
+    # bytes, nested (the last such bytes of a piece that ends before the record does).
+    meta = {**BASE["attributes"]["meta"], "other": [{"p": {"q": {"r": {}}}}, {"id": 1}]}
+    records = [changed(BASE, ("attributes", "error-count"), n) for n in range(60)]
+    records[30:] = [changed(record, ("attributes", "meta"), meta) for record in records[30:]]
+    body = body_of(records)
+    assert b'}}}}, {"id": 1}' in body
+    counting = counted(monkeypatch)
+    assert by_pieces(body, 500) == by_stream(body)
+    calls = Counter(counting)
+    with monkeypatch.context() as walk_only:
+        walk_only.setattr(pieces, "_separator", lambda data, cut: None)
+        walking = counted(walk_only)
+        assert by_pieces(body, 500) == by_stream(body)
+    assert calls["refused"] == walking["refused"] + 1
+    assert 1 < calls["walks"] < walking["walks"]  # walked from the refusal on, not before
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # a constant patch
+@given(st.lists(RECORD, min_size=2, max_size=25), st.sampled_from([", ", ",", ",\n  "]))
+def test_pieces_found_by_the_separator_read_as_the_streaming_parser_does(
+        small_pieces: None, records: list[Any], comma: str) -> None:
+    # Records of one layout in a row, as a server writes them, with hostile text in them.
+    run = comma.join(json.dumps(record) for record in records)
+    body = ('{"data": [' + run + "]}").encode("utf-8", "surrogatepass")
+    assert by_pieces(body, 300) == by_stream(body)
