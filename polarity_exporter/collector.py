@@ -191,7 +191,7 @@ class PolarityCollector:
         problems = result.problems["errors"]
         events = self._events
         if events is None:
-            same = _SameBody(self._reuse, result, listed, deadline)
+            same = _SameBody(self._reuse, result, listed)
             summary = summarize_errors(self._client.read_errors(deadline, problems, known=same),
                                        self._clean, problems)
             result.errors_digest, result.errors_kept = same.digest, same.kept
@@ -334,20 +334,22 @@ def _errored(integrations: dict[str, Integration], by_ids: dict[str, dict[str, s
 
 class _SameBody:
     """client.read_errors' `known`, on the errors thread: whether a whole errors body is the
-    one the kept errors' families were built from, for the integrations this scrape lists. Only
-    when the digests are equal does it wait for the listing, read beside it on the fetch thread
-    (which waits for the errors only once the listing is done, so never for this wait)."""
+    one the kept errors' families were built from, for the integrations this scrape lists.
 
-    def __init__(self, reuse: Reuse, result: ScrapeResult, listed: threading.Event,
-                 deadline: Deadline) -> None:
-        self._reuse, self._result, self._listed, self._deadline = reuse, result, listed, deadline
+    Never waits for the listing (read beside it on the fetch thread): when the listing is not
+    done yet, the body is decoded at once, as if nothing were kept. Waiting, then decoding
+    because the listing changed or failed, would have put the decode after the listing
+    instead of beside it, and late answers past the deadline (found by an attack)."""
+
+    def __init__(self, reuse: Reuse, result: ScrapeResult, listed: threading.Event) -> None:
+        self._reuse, self._result, self._listed = reuse, result, listed
         self.digest: bytes | None = None
         self.kept: Errored | None = None
 
     def __call__(self, digest: bytes) -> bool:
         self.digest = digest
         kept = self._reuse.errored_from(digest)
-        if kept is None or not self._listed.wait(max(0.0, self._deadline.remaining())):
+        if kept is None or not self._listed.is_set():
             return False
         integrations = self._result.integrations
         if not integrations or kept.labels != list(integrations):

@@ -9,12 +9,10 @@ pools of their own would add a dozen threads per server. So there are two pools 
   a fetch that starts, so an errors download never waits for another server's;
 - PAGES threads read the listing's pages after the first, of every server.
 
-A fetch waits for its errors body and its pages; an errors body may wait for its own fetch's
-listing (collector._SameBody), which the fetch reads on its own thread and never waits for the
-errors to read; pages wait for nothing. So the pools cannot deadlock. Each server keeps its
-own limit on the pages it reads at once (`max_concurrency`, as a semaphore), and holds at most
-MAX_PAGES_PER_SERVER page threads. Threads start on first use and, idle, wait without waking.
-Every job is held to its scrape's deadline, time spent queued
+A fetch waits for its errors body and its pages, never the other way round, so the pools cannot
+deadlock. Each server keeps its own limit on the pages it reads at once (`max_concurrency`, as a
+semaphore), and holds at most MAX_PAGES_PER_SERVER page threads. Threads start on first use and,
+idle, wait without waking. Every job is held to its scrape's deadline, time spent queued
 included, and a fetch waits for its pages no longer than its deadline. So a server that hangs
 holds one fetch thread and one errors thread until its deadline (more than FETCHES hanging at
 once delay the others' fetches), and at most MAX_PAGES_PER_SERVER page threads (two hanging with
