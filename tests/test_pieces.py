@@ -316,7 +316,7 @@ def test_more_than_max_end_after_the_records_is_refused(small_pieces: None) -> N
 
 
 def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Calls of the walk, and decodes of a piece that the decode refused."""
+    """Calls of the walk, decodes of a piece, and those the decode refused."""
     calls: Counter[str] = Counter()
     walk, decode = pieces.value_end, pieces.documented_piece
 
@@ -326,6 +326,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     def decoding(*args: Any) -> Any:
         batch = decode(*args)
+        calls["decodes"] += 1
         calls["refused"] += batch is None
         return batch
 
@@ -372,3 +373,22 @@ def test_pieces_found_by_the_separator_read_as_the_streaming_parser_does(
     run = comma.join(json.dumps(record) for record in records)
     body = ('{"data": [' + run + "]}").encode("utf-8", "surrogatepass")
     assert by_pieces(body, 300) == by_stream(body)
+
+
+def test_a_separator_found_only_far_from_a_pieces_end_is_not_used(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Records in pairs that share a first key, with long runs of blanks: the bytes around a cut
+    # are found again only every other record. Searched beyond the walk's tail, they cut
+    # pieces of one record near a piece's start, one more decode for every piece (an attack).
+    inner = json.dumps(BASE, separators=(",", ":"))[1:-1]
+    run = ",".join(f'{{"k{n // 2:07d}":1,' + " " * 3000 + inner + " " * 15 + "}"
+                   for n in range(1500))
+    body = ('{"data":[' + run + "]}").encode()
+    counting = counted(monkeypatch)
+    assert by_pieces(body, 500) == by_stream(body)
+    searched = Counter(counting)
+    with monkeypatch.context() as walk_only:
+        walk_only.setattr(pieces, "_separator", lambda data, cut: None)
+        walking = counted(walk_only)
+        assert by_pieces(body, 500) == by_stream(body)
+    assert searched["decodes"] <= walking["decodes"] + 1 and searched["refused"] == 0
