@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -53,7 +54,8 @@ from polarity_exporter.pieces import read_streamed
 from polarity_exporter.transport import Transport
 
 __all__ = ["MAX_PAGES", "MAX_PAGE_BYTES", "MAX_RETRIES", "WHOLE_ERRORS_BYTES", "AuthError",
-           "Deadline", "DeadlineExceeded", "ForbiddenError", "Listing", "PolarityClient",
+           "Deadline", "DeadlineExceeded", "ForbiddenError", "KeptPages", "Listing", "Page",
+           "PolarityClient",
            "PolarityError", "ProtocolError", "RateLimitedError"]
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ ERRORS = "/api/integrations/errors"
 
 T = TypeVar("T")
 # Turns one page's items (generic, or msgspec's in the documented shape) into records.
-PageParser = Callable[[list[Any] | DocumentedPage], list[T]]
+# One page's items -> records, unreadable fields counted in the page's own Problems.
+PageParser = Callable[[list[Any] | DocumentedPage, Problems], list[T]]
 
 
 @dataclass
@@ -90,13 +93,21 @@ class Listing(Generic[T]):
     items: list[T]
     complete: bool = True
     notes: list[str] = field(default_factory=list)
+    problems: Problems = field(default_factory=Counter)  # what `parse` could not read
 
 
 @dataclass
-class _Page(Generic[T]):
+class Page(Generic[T]):
     records: list[T]
     total: int
     size: int  # items on the page, parseable or not
+    problems: Problems = field(default_factory=Counter)  # what `parse` could not read on it
+
+
+# The pages of a server's last listing, by number: the SHA-256 of each body, and the page read
+# from it. Given to list_integrations, a page whose body is byte for byte the one read last is
+# not decoded or parsed again: its records (the same objects) and counts are those kept.
+KeptPages = dict[int, tuple[bytes, Page[T]]]
 
 
 # relationships.integration-errors.data: a list of {"id", "type"} references, one for each
@@ -211,20 +222,32 @@ class PolarityClient:
 
     # --- integrations -----------------------------------------------------------------------
 
-    def _get_page(self, number: int, deadline: Deadline,
-                  parse: PageParser[T]) -> _Page[T]:
+    def _get_page(self, number: int, deadline: Deadline, parse: PageParser[T],
+                  kept: KeptPages[T] | None = None) -> Page[T]:
         what = f"page {number} of {INTEGRATIONS}"
         params = {"page[size]": str(self.config.page_size), "page[number]": str(number)}
         with self._get(INTEGRATIONS, deadline, what, params) as response:
             check_json(response, what, self.transport.scrub)
             raw = BodyReader(response, deadline, what, limit=MAX_PAGE_BYTES).read_all()
+        if kept is None:
+            return self._read_page(raw, what, parse)
+        digest = hashlib.sha256(raw).digest()  # lets the GIL go: other pages are read meanwhile
+        last = kept.get(number)
+        if last is not None and last[0] == digest:
+            return last[1]
+        page = self._read_page(raw, what, parse)
+        kept[number] = (digest, page)
+        return page
+
+    def _read_page(self, raw: bytes, what: str, parse: PageParser[T]) -> Page[T]:
+        problems: Problems = Counter()
         with self._decode_lock:
             # The documented shape by msgspec, in C, each list of error references counted
             # exactly; anything else generically, as before.
             typed = documented_page(raw)
             if typed is not None:
                 del raw
-                return _Page(parse(typed), typed.total, len(typed))
+                return Page(parse(typed, problems), typed.total, len(typed), problems)
             body = decode_json(_count_refs(raw), what)
             del raw
             data = body.get("data") if isinstance(body, dict) else None
@@ -235,17 +258,20 @@ class PolarityClient:
             total = page.get("total") if isinstance(page, dict) else None
             if type(total) is not int or total < 0:
                 raise ProtocolError(f"{what}: meta.page.total is missing or not a count")
-            return _Page(parse(data), total, len(data))
+            return Page(parse(data, problems), total, len(data), problems)
 
     def list_integrations(self, deadline: Deadline, parse: PageParser[T],
-                          key: Callable[[T], Any]) -> Listing[T]:
+                          key: Callable[[T], Any],
+                          kept: KeptPages[T] | None = None) -> Listing[T]:
         """Every integration, following pages; pages after the first are fetched concurrently,
         on the shared page threads.
 
         `parse` turns one page's items into records as the page arrives (no raw page is kept);
-        `key` gives a record's id, by which duplicates across pages are dropped.
+        `key` gives a record's id, by which duplicates across pages are dropped. With `kept`
+        (the caller's, from the last listing), a page byte for byte the last one read under
+        its number is not parsed again, and `kept` holds this listing's pages when it returns.
         """
-        first = self._get_page(1, deadline, parse)
+        first = self._get_page(1, deadline, parse, kept)
         total = first.total
         # The server may cap the page size below what we asked for: page by what it returns.
         per_page = self.config.page_size
@@ -258,23 +284,26 @@ class PolarityClient:
             listing.complete = False
             listing.notes.append(f"total {total} needs {pages} pages; read only {most}")
             pages = most
-        futures: list[Future[_Page[T]]] = []
+        futures: list[Future[Page[T]]] = []
         try:
             for number in range(2, pages + 1):
-                futures.append(self._submit_page(number, deadline, parse))
+                futures.append(self._submit_page(number, deadline, parse, kept))
             results = [first] + [_page_result(number, future, deadline)
                                  for number, future in enumerate(futures, start=2)]
         finally:
             for future in futures:
                 future.cancel()
         _merge_pages(results, total, listing, key)
+        if kept is not None:  # pages past this listing's last are the last listing's only
+            for number in [number for number in kept if number > pages]:
+                del kept[number]
         deadline.note(f"{INTEGRATIONS}: {len(results)} pages of up to {per_page}, server said "
                       f"{total}, kept {len(listing.items)}"
                       + ("" if listing.complete else "; incomplete: " + "; ".join(listing.notes)))
         return listing
 
-    def _submit_page(self, number: int, deadline: Deadline,
-                     parse: PageParser[T]) -> Future[_Page[T]]:
+    def _submit_page(self, number: int, deadline: Deadline, parse: PageParser[T],
+                     kept: KeptPages[T] | None) -> Future[Page[T]]:
         """Read a page on a shared thread once this server has fewer than max_concurrency
         pages in flight; waiting for that counts against the deadline."""
         if not self._pages.acquire(timeout=max(0.0, deadline.remaining())):
@@ -282,7 +311,7 @@ class PolarityClient:
                                    f"{deadline.seconds:.2f}s exceeded (waiting for a page to "
                                    "finish)")
         try:
-            future = pools.pages.submit(self._get_page, number, deadline, parse)
+            future = pools.pages.submit(self._get_page, number, deadline, parse, kept)
         except BaseException:
             self._pages.release()
             raise
@@ -358,7 +387,7 @@ class PolarityClient:
                 yield from records
 
 
-def _page_result(number: int, future: Future[_Page[T]], deadline: Deadline) -> _Page[T]:
+def _page_result(number: int, future: Future[Page[T]], deadline: Deadline) -> Page[T]:
     """A page read on a shared thread, waited for no longer than the deadline (a page queued
     behind another server's would otherwise hold this fetch past it)."""
     try:
@@ -376,13 +405,14 @@ def _records(body: Any) -> list[Any]:
     return data
 
 
-def _merge_pages(results: list[_Page[T]], total: int, listing: Listing[T],
+def _merge_pages(results: list[Page[T]], total: int, listing: Listing[T],
                  key: Callable[[T], Any]) -> None:
     seen: set[Any] = set()
     duplicates = 0
     listed = 0
     for number, page in enumerate(results, start=1):
         listed += page.size
+        listing.problems.update(page.problems)
         if page.total != total:
             listing.complete = False
             listing.notes.append(f"total changed from {total} to {page.total} on page {number}")

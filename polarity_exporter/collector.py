@@ -174,11 +174,13 @@ class PolarityCollector:
 
         max_text = self._config.max_label_length + 1  # the cleaner still sees it was cut
 
-        def parse(items: list[Any] | DocumentedPage) -> list[Integration]:
+        def parse(items: list[Any] | DocumentedPage, page: Problems) -> list[Integration]:
             # Called for one page at a time (the client decodes pages one by one).
-            return parse_integrations(items, problems, max_text)
+            return parse_integrations(items, page, max_text)
 
-        listing = self._client.list_integrations(deadline, parse, _integration_id)
+        listing = self._client.list_integrations(deadline, parse, _integration_id,
+                                                 self._reuse.pages)
+        problems.update(listing.problems)
         if not listing.complete:
             log.warning("integration listing is incomplete",
                         extra={"server": self._client.base_url, "err": "; ".join(listing.notes)})

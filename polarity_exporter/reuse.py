@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from prometheus_client.core import Metric
 
 from polarity_exporter import metrics
+from polarity_exporter.client import KeptPages
 from polarity_exporter.models import Integration
 from polarity_exporter.summary import IntegrationErrors
 
@@ -82,10 +83,14 @@ class Reuse:
     def __init__(self) -> None:
         self.listed: Listed | None = None
         self.errored: Errored | None = None
+        # The last listing's pages (client.list_integrations): a page read again byte for byte
+        # is not parsed again, and its integrations, the same objects, compare at once.
+        self.pages: KeptPages[Integration] = {}
 
     def forget(self) -> None:
         """Hold nothing: the last scrape had no groups to keep."""
         self.listed = self.errored = None
+        self.pages.clear()
 
     def listed_for(self, integrations: dict[str, Integration]) -> Listed | None:
         last = self.listed

@@ -6,7 +6,6 @@ Coalescing is proven where it matters: by counting the requests the simulator re
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -122,7 +121,8 @@ def test_a_scrape_that_times_out_waiting_for_a_shared_fetch_says_so(slow_sim: Si
 
 def list_all(client: PolarityClient, deadline: Deadline) -> Any:
     """The listing's integrations, deduplicated by id."""
-    return client.list_integrations(deadline, lambda items: parse_integrations(items, Counter()),
+    return client.list_integrations(deadline, lambda items, problems: parse_integrations(
+        items, problems),
                                     lambda integration: integration.id)
 
 

@@ -423,3 +423,86 @@ def test_with_error_events_every_body_is_decoded(
     serve(sim, "nothing", errors_after=LISTING_FIRST)
     logs = [logged_scrape(collector)[1] for _ in range(2)]
     assert all(NOT_DECODED not in log for log in logs)
+
+
+# --- listing pages byte for byte the last ones: not parsed again (client.KeptPages) ------------
+
+PAGE_SIZE = 4  # DATASET's 12 integrations in 3 pages
+
+
+@pytest.fixture(scope="module")
+def paged() -> Iterator[tuple[Simulator, PolarityClient]]:
+    with Simulator(SimulatorConfig(integrations=12, errors=40,
+                                   users={SIM_USER: SIM_PASSWORD})) as sim:
+        client = PolarityClient(PolarityConfig(url=sim.url,
+                                               credentials=Password(SIM_USER, SIM_PASSWORD),
+                                               page_size=PAGE_SIZE, timeout=5))
+        try:
+            yield sim, client
+        finally:
+            sim.faults = None
+            client.close()
+
+
+def listed_objects(collector: PolarityCollector) -> list[Any]:
+    listed = collector._reuse.listed
+    assert listed is not None
+    return list(listed.integrations.values())
+
+
+def renamed_first(page: Any, _request: Any) -> Any:
+    page["data"][0]["attributes"]["name"] = "renamed"
+    return page
+
+
+def test_a_page_read_again_byte_for_byte_keeps_its_integrations_others_are_read_anew(
+        paged: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = paged
+    sim.faults = None
+    collector = PolarityCollector(client, CollectorConfig())
+    collector.scrape(Deadline(5.0))
+    first = listed_objects(collector)
+    sim.faults = F.transform_json(renamed_first, F.on(F.INTEGRATIONS, page=2))
+    families, _ = collector.scrape(Deadline(5.0))
+    second = listed_objects(collector)
+    assert len(first) == len(second) == 3 * PAGE_SIZE
+    assert [a is b for a, b in zip(first, second, strict=True)] == \
+        [True] * PAGE_SIZE + [False] * PAGE_SIZE + [True] * PAGE_SIZE
+    fresh, _ = PolarityCollector(client, CollectorConfig()).scrape(Deadline(5.0))
+    assert stable(families, encode_text) == stable(fresh, encode_text)
+
+
+def test_a_page_read_again_counts_the_fields_it_could_not_read_again(
+        paged: tuple[Simulator, PolarityClient]) -> None:
+    def no_status(page: Any, _request: Any) -> Any:
+        page["data"][1]["attributes"]["status"] = {"not": "a status"}
+        return page
+
+    sim, client = paged
+    sim.faults = F.transform_json(no_status, F.on(F.INTEGRATIONS, page=3))
+    collector = PolarityCollector(client, CollectorConfig())
+    counted = []
+    for _ in range(2):
+        families, _ = collector.scrape(Deadline(5.0))
+        counted.append({(s.labels["collector"], s.labels["field"]): s.value
+                        for s in by_name(families)[metrics.UNREADABLE_FIELDS.base].samples})
+    assert counted[0] == counted[1] == {("integrations", "status"): 1.0}
+
+
+def test_the_pages_kept_are_those_of_the_last_listing(
+        paged: tuple[Simulator, PolarityClient]) -> None:
+    def two_pages(page: Any, _request: Any) -> Any:
+        page["meta"]["page"]["total"] = 2 * PAGE_SIZE
+        return page
+
+    sim, client = paged
+    sim.faults = None
+    collector = PolarityCollector(client, CollectorConfig())
+    collector.scrape(Deadline(5.0))
+    assert sorted(collector._reuse.pages) == [1, 2, 3]
+    sim.faults = F.transform_json(two_pages, F.on(F.INTEGRATIONS))
+    collector.scrape(Deadline(5.0))
+    assert sorted(collector._reuse.pages) == [1, 2]
+    sim.faults = F.status(500, F.on(F.INTEGRATIONS))
+    collector.scrape(Deadline(5.0))
+    assert collector._reuse.pages == {}
