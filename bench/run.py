@@ -559,7 +559,7 @@ def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: floa
                     walls.append(wall)
                     failed += not up
                 cpu_rounds += cpu_seconds(server.pid) - cpu
-                baseline.measure(BASELINE_SCRAPES // 4)  # in the pause, the fleet idle
+                baseline.measure(BASELINE_SCRAPES)  # in the pause, the fleet idle
                 time.sleep(max(0.0, interval - (time.monotonic() - round_start)))
                 cpu = cpu_seconds(server.pid)
         peak = memory_mb(server.pid, "VmHWM")

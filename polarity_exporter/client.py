@@ -94,6 +94,8 @@ class Listing(Generic[T]):
     complete: bool = True
     notes: list[str] = field(default_factory=list)
     problems: Problems = field(default_factory=Counter)  # what `parse` could not read
+    # With `kept` given to list_integrations: this listing's pages, for the next listing
+    pages: dict[int, tuple[bytes, Page[T]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,7 +108,9 @@ class Page(Generic[T]):
 
 # The pages of a server's last listing, by number: the SHA-256 of each body, and the page read
 # from it. Given to list_integrations, a page whose body is byte for byte the one read last is
-# not decoded or parsed again: its records (the same objects) and counts are those kept.
+# not decoded or parsed again: its records (the same objects) and counts are those kept. Only
+# read: each listing writes its pages into a dict of its own (Listing.pages), so a page thread
+# left over from a listing that gave up writes where nobody reads.
 KeptPages = dict[int, tuple[bytes, Page[T]]]
 
 
@@ -223,20 +227,20 @@ class PolarityClient:
     # --- integrations -----------------------------------------------------------------------
 
     def _get_page(self, number: int, deadline: Deadline, parse: PageParser[T],
-                  kept: KeptPages[T] | None = None) -> Page[T]:
+                  kept: KeptPages[T] | None = None,
+                  read: KeptPages[T] | None = None) -> Page[T]:
         what = f"page {number} of {INTEGRATIONS}"
         params = {"page[size]": str(self.config.page_size), "page[number]": str(number)}
         with self._get(INTEGRATIONS, deadline, what, params) as response:
             check_json(response, what, self.transport.scrub)
             raw = BodyReader(response, deadline, what, limit=MAX_PAGE_BYTES).read_all()
-        if kept is None:
+        if kept is None or read is None:
             return self._read_page(raw, what, parse)
         digest = hashlib.sha256(raw).digest()  # lets the GIL go: other pages are read meanwhile
         last = kept.get(number)
-        if last is not None and last[0] == digest:
-            return last[1]
-        page = self._read_page(raw, what, parse)
-        kept[number] = (digest, page)
+        page = last[1] if last is not None and last[0] == digest else \
+            self._read_page(raw, what, parse)
+        read[number] = (digest, page)
         return page
 
     def _read_page(self, raw: bytes, what: str, parse: PageParser[T]) -> Page[T]:
@@ -268,10 +272,11 @@ class PolarityClient:
 
         `parse` turns one page's items into records as the page arrives (no raw page is kept);
         `key` gives a record's id, by which duplicates across pages are dropped. With `kept`
-        (the caller's, from the last listing), a page byte for byte the last one read under
-        its number is not parsed again, and `kept` holds this listing's pages when it returns.
+        (the last listing's pages, only read), a page byte for byte the last one read under its
+        number is not parsed again; the listing's own pages are in Listing.pages.
         """
-        first = self._get_page(1, deadline, parse, kept)
+        read: KeptPages[T] = {}
+        first = self._get_page(1, deadline, parse, kept, read)
         total = first.total
         # The server may cap the page size below what we asked for: page by what it returns.
         per_page = self.config.page_size
@@ -287,23 +292,23 @@ class PolarityClient:
         futures: list[Future[Page[T]]] = []
         try:
             for number in range(2, pages + 1):
-                futures.append(self._submit_page(number, deadline, parse, kept))
+                futures.append(self._submit_page(number, deadline, parse, kept, read))
             results = [first] + [_page_result(number, future, deadline)
                                  for number, future in enumerate(futures, start=2)]
         finally:
             for future in futures:
                 future.cancel()
         _merge_pages(results, total, listing, key)
-        if kept is not None:  # pages past this listing's last are the last listing's only
-            for number in [number for number in kept if number > pages]:
-                del kept[number]
+        # Every page is in: the page threads have written theirs.
+        listing.pages = {number: read[number] for number in range(1, pages + 1)
+                         if number in read}
         deadline.note(f"{INTEGRATIONS}: {len(results)} pages of up to {per_page}, server said "
                       f"{total}, kept {len(listing.items)}"
                       + ("" if listing.complete else "; incomplete: " + "; ".join(listing.notes)))
         return listing
 
     def _submit_page(self, number: int, deadline: Deadline, parse: PageParser[T],
-                     kept: KeptPages[T] | None) -> Future[Page[T]]:
+                     kept: KeptPages[T] | None, read: KeptPages[T]) -> Future[Page[T]]:
         """Read a page on a shared thread once this server has fewer than max_concurrency
         pages in flight; waiting for that counts against the deadline."""
         if not self._pages.acquire(timeout=max(0.0, deadline.remaining())):
@@ -311,7 +316,7 @@ class PolarityClient:
                                    f"{deadline.seconds:.2f}s exceeded (waiting for a page to "
                                    "finish)")
         try:
-            future = pools.pages.submit(self._get_page, number, deadline, parse, kept)
+            future = pools.pages.submit(self._get_page, number, deadline, parse, kept, read)
         except BaseException:
             self._pages.release()
             raise
@@ -410,9 +415,10 @@ def _merge_pages(results: list[Page[T]], total: int, listing: Listing[T],
     seen: set[Any] = set()
     duplicates = 0
     listed = 0
+    for page in results:  # every page read, as the parse counted them before (a cut below)
+        listing.problems.update(page.problems)
     for number, page in enumerate(results, start=1):
         listed += page.size
-        listing.problems.update(page.problems)
         if page.total != total:
             listing.complete = False
             listing.notes.append(f"total changed from {total} to {page.total} on page {number}")

@@ -181,6 +181,10 @@ class PolarityCollector:
         listing = self._client.list_integrations(deadline, parse, _integration_id,
                                                  self._reuse.pages)
         problems.update(listing.problems)
+        # Kept for the next listing only when complete: then they hold the integrations kept
+        # anyway (at most MAX_INTEGRATIONS), never what a broken server sent beyond them.
+        self._reuse.pages = listing.pages if listing.complete else {}
+        listing.pages = {}
         if not listing.complete:
             log.warning("integration listing is incomplete",
                         extra={"server": self._client.base_url, "err": "; ".join(listing.notes)})

@@ -83,14 +83,15 @@ class Reuse:
     def __init__(self) -> None:
         self.listed: Listed | None = None
         self.errored: Errored | None = None
-        # The last listing's pages (client.list_integrations): a page read again byte for byte
-        # is not parsed again, and its integrations, the same objects, compare at once.
+        # The last complete listing's pages (client.list_integrations): a page read again byte
+        # for byte is not parsed again, and its integrations, the same objects, compare at
+        # once. Replaced whole, never changed: a fetch may be reading it.
         self.pages: KeptPages[Integration] = {}
 
     def forget(self) -> None:
         """Hold nothing: the last scrape had no groups to keep."""
         self.listed = self.errored = None
-        self.pages.clear()
+        self.pages = {}
 
     def listed_for(self, integrations: dict[str, Integration]) -> Listed | None:
         last = self.listed

@@ -506,3 +506,37 @@ def test_the_pages_kept_are_those_of_the_last_listing(
     sim.faults = F.status(500, F.on(F.INTEGRATIONS))
     collector.scrape(Deadline(5.0))
     assert collector._reuse.pages == {}
+
+
+def test_a_listing_reads_the_kept_pages_and_never_changes_them(
+        paged: tuple[Simulator, PolarityClient]) -> None:
+    # A page thread of a listing that gave up may still be writing when the next listing (or
+    # a late answer's forget) runs: the kept pages are replaced whole, never changed in place.
+    sim, client = paged
+    sim.faults = None
+    collector = PolarityCollector(client, CollectorConfig())
+    collector.scrape(Deadline(5.0))
+    kept = collector._reuse.pages
+    before = dict(kept)
+    sim.faults = F.transform_json(renamed_first, F.on(F.INTEGRATIONS, page=2))
+    collector.scrape(Deadline(5.0))
+    assert kept == before and collector._reuse.pages is not kept
+    assert sorted(collector._reuse.pages) == [1, 2, 3]
+    assert collector._reuse.pages[2][0] != kept[2][0]
+    assert collector._reuse.pages[1] == kept[1] and collector._reuse.pages[3] == kept[3]
+
+
+def test_an_incomplete_listing_keeps_no_pages(
+        paged: tuple[Simulator, PolarityClient]) -> None:
+    # A server that answers every page number with the first page: its duplicates are never
+    # held between scrapes (a hostile server could make them many).
+    sim, client = paged
+    sim.faults = None
+    first, _ = answers("nothing")
+    one = json.loads(first)
+    one["data"], one["meta"]["page"]["total"] = one["data"][:PAGE_SIZE], 3 * PAGE_SIZE
+    sim.faults = F.body(json.dumps(one).encode(), F.on(F.INTEGRATIONS))
+    collector = PolarityCollector(client, CollectorConfig())
+    families, _ = collector.scrape(Deadline(5.0))
+    assert by_name(families)[metrics.LISTING_COMPLETE.base].samples[0].value == 0.0
+    assert collector._reuse.pages == {}
