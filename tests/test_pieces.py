@@ -335,6 +335,20 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return calls
 
 
+def searched_and_walked(monkeypatch: pytest.MonkeyPatch,
+                        body: bytes) -> tuple[Counter[str], Counter[str]]:
+    """counted() of reading `body` in pieces, then of reading it with the walk alone (no
+    search for the bytes around the last cut); both read it as the streaming parser does."""
+    counting = counted(monkeypatch)
+    assert by_pieces(body, 500) == by_stream(body)
+    searched = Counter(counting)
+    with monkeypatch.context() as walk_only:
+        walk_only.setattr(pieces, "_separator", lambda data, cut: None)
+        walking = counted(walk_only)
+        assert by_pieces(body, 500) == by_stream(body)
+    return searched, walking
+
+
 def test_a_body_of_many_pieces_is_walked_for_its_first_cut_only(
         small_pieces: None, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = counted(monkeypatch)
@@ -353,13 +367,7 @@ def test_a_record_that_holds_the_separator_costs_one_refused_decode_then_walks(
     records[30:] = [changed(record, ("attributes", "meta"), meta) for record in records[30:]]
     body = body_of(records)
     assert b'}}}}, {"id": 1}' in body
-    counting = counted(monkeypatch)
-    assert by_pieces(body, 500) == by_stream(body)
-    calls = Counter(counting)
-    with monkeypatch.context() as walk_only:
-        walk_only.setattr(pieces, "_separator", lambda data, cut: None)
-        walking = counted(walk_only)
-        assert by_pieces(body, 500) == by_stream(body)
+    calls, walking = searched_and_walked(monkeypatch, body)
     assert calls["refused"] == walking["refused"] + 1
     assert 1 < calls["walks"] < walking["walks"]  # walked from the refusal on, not before
 
@@ -384,11 +392,5 @@ def test_a_separator_found_only_far_from_a_pieces_end_is_not_used(
     run = ",".join(f'{{"k{n // 2:07d}":1,' + " " * 3000 + inner + " " * 15 + "}"
                    for n in range(1500))
     body = ('{"data":[' + run + "]}").encode()
-    counting = counted(monkeypatch)
-    assert by_pieces(body, 500) == by_stream(body)
-    searched = Counter(counting)
-    with monkeypatch.context() as walk_only:
-        walk_only.setattr(pieces, "_separator", lambda data, cut: None)
-        walking = counted(walk_only)
-        assert by_pieces(body, 500) == by_stream(body)
+    searched, walking = searched_and_walked(monkeypatch, body)
     assert searched["decodes"] <= walking["decodes"] + 1 and searched["refused"] == 0

@@ -383,37 +383,41 @@ def test_a_body_that_differs_only_near_its_end_is_decoded(
         assert stable(kept, encode_text) == stable(fresh, encode_text)
 
 
-def test_an_unchanged_body_after_a_failed_listing_is_decoded(
-        served: tuple[Simulator, PolarityClient]) -> None:
+def after_the_dataset(served: tuple[Simulator, PolarityClient],
+                      faults: Callable[[bytes, bytes], F.FaultHook]) -> str:
+    """The fetch log of a keeping collector's scrape of these answers (faults of the listing's
+    and the errors' bodies of the dataset, the errors unchanged) after one of the dataset;
+    asserts that the scrape says what a fresh collector's says."""
     sim, client = served
     collector = PolarityCollector(client, CollectorConfig())
     serve(sim, "nothing", errors_after=LISTING_FIRST)
     logged_scrape(collector)
     _, errors = answers("nothing")
-    sim.faults = F.chain(F.status(500, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)),
-                         F.hang(LISTING_FIRST, F.on(F.ERRORS)))
+    listing, _ = answers("an integration gone (its errors orphaned)")
+    sim.faults = faults(listing, errors)
     second, log = logged_scrape(collector)
     fresh, _ = PolarityCollector(client, CollectorConfig()).scrape(Deadline(5.0))
-    assert NOT_DECODED not in log
     assert stable(second, encode_text) == stable(fresh, encode_text)
+    return log
+
+
+def test_an_unchanged_body_after_a_failed_listing_is_decoded(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    log = after_the_dataset(served, lambda listing, errors: F.chain(
+        F.status(500, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)),
+        F.hang(LISTING_FIRST, F.on(F.ERRORS))))
+    assert NOT_DECODED not in log
 
 
 def test_an_unchanged_body_is_decoded_at_once_while_the_listing_is_read(
         served: tuple[Simulator, PolarityClient]) -> None:
     # Waiting for the listing, then decoding because it changed, would end the errors part
     # after the listing: late, when the listing takes most of the deadline.
-    sim, client = served
-    collector = PolarityCollector(client, CollectorConfig())
-    serve(sim, "nothing", errors_after=LISTING_FIRST)
-    logged_scrape(collector)
-    listing, errors = answers("an integration gone (its errors orphaned)")
-    sim.faults = F.chain(F.body(listing, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)),
-                         F.hang(LISTING_FIRST, F.on(F.INTEGRATIONS)))
-    second, log = logged_scrape(collector)
+    log = after_the_dataset(served, lambda listing, errors: F.chain(
+        F.body(listing, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)),
+        F.hang(LISTING_FIRST, F.on(F.INTEGRATIONS))))
     parts = [line.split("part ", 1)[1] for line in log.splitlines() if "part " in line]
     assert parts == ["authentication: ok", "errors: ok", "integrations: ok"], log
-    fresh, _ = PolarityCollector(client, CollectorConfig()).scrape(Deadline(5.0))
-    assert stable(second, encode_text) == stable(fresh, encode_text)
 
 
 def test_with_error_events_every_body_is_decoded(
@@ -450,6 +454,16 @@ def listed_objects(collector: PolarityCollector) -> list[Any]:
     return list(listed.integrations.values())
 
 
+def scraped_once(paged: tuple[Simulator, PolarityClient],
+                 ) -> tuple[Simulator, PolarityClient, PolarityCollector]:
+    """A keeping collector that has scraped the paged dataset as the simulator serves it."""
+    sim, client = paged
+    sim.faults = None
+    collector = PolarityCollector(client, CollectorConfig())
+    collector.scrape(Deadline(5.0))
+    return sim, client, collector
+
+
 def renamed_first(page: Any, _request: Any) -> Any:
     page["data"][0]["attributes"]["name"] = "renamed"
     return page
@@ -457,10 +471,7 @@ def renamed_first(page: Any, _request: Any) -> Any:
 
 def test_a_page_read_again_byte_for_byte_keeps_its_integrations_others_are_read_anew(
         paged: tuple[Simulator, PolarityClient]) -> None:
-    sim, client = paged
-    sim.faults = None
-    collector = PolarityCollector(client, CollectorConfig())
-    collector.scrape(Deadline(5.0))
+    sim, client, collector = scraped_once(paged)
     first = listed_objects(collector)
     sim.faults = F.transform_json(renamed_first, F.on(F.INTEGRATIONS, page=2))
     families, _ = collector.scrape(Deadline(5.0))
@@ -495,10 +506,7 @@ def test_the_pages_kept_are_those_of_the_last_listing(
         page["meta"]["page"]["total"] = 2 * PAGE_SIZE
         return page
 
-    sim, client = paged
-    sim.faults = None
-    collector = PolarityCollector(client, CollectorConfig())
-    collector.scrape(Deadline(5.0))
+    sim, _, collector = scraped_once(paged)
     assert sorted(collector._reuse.pages) == [1, 2, 3]
     sim.faults = F.transform_json(two_pages, F.on(F.INTEGRATIONS))
     collector.scrape(Deadline(5.0))
@@ -512,10 +520,7 @@ def test_a_listing_reads_the_kept_pages_and_never_changes_them(
         paged: tuple[Simulator, PolarityClient]) -> None:
     # A page thread of a listing that gave up may still be writing when the next listing (or
     # a late answer's forget) runs: the kept pages are replaced whole, never changed in place.
-    sim, client = paged
-    sim.faults = None
-    collector = PolarityCollector(client, CollectorConfig())
-    collector.scrape(Deadline(5.0))
+    sim, _, collector = scraped_once(paged)
     kept = collector._reuse.pages
     before = dict(kept)
     sim.faults = F.transform_json(renamed_first, F.on(F.INTEGRATIONS, page=2))
