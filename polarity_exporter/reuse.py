@@ -25,7 +25,9 @@ groups it did not build go.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client.core import Metric
@@ -111,3 +113,31 @@ class Reuse:
         """The kept errors' families if built from an errors body with this digest."""
         last = self.errored
         return last if last is not None and last.digest == digest else None
+
+
+class SameBody:
+    """client.read_errors' `known`, on the errors thread: whether a whole errors body is the
+    one the kept errors' families were built from, for the integrations this scrape lists
+    (`listing()`, read once `listed` is set).
+
+    Never waits for the listing (read beside it on the fetch thread): when the listing is not
+    done yet, the body is decoded at once, as if nothing were kept. Waiting, then decoding
+    because the listing changed or failed, would have put the decode after the listing
+    instead of beside it, and late answers past the deadline (found by an attack)."""
+
+    def __init__(self, reuse: Reuse, listing: Callable[[], dict[str, Integration] | None],
+                 listed: threading.Event) -> None:
+        self._reuse, self._listing, self._listed = reuse, listing, listed
+        self.digest: bytes | None = None
+        self.kept: Errored | None = None
+
+    def __call__(self, digest: bytes) -> bool:
+        self.digest = digest
+        kept = self._reuse.errored_from(digest)
+        if kept is None or not self._listed.is_set():
+            return False
+        integrations = self._listing()
+        if not integrations or kept.labels != list(integrations):
+            return False  # other integrations listed: the families change, built anew
+        self.kept = kept
+        return True

@@ -286,11 +286,11 @@ def test_an_encoded_family_is_its_text_and_holds_its_samples_no_longer(
     assert encode_text(families) == text
 
 
-# --- an errors body byte for byte the last: not decoded (collector._SameBody) -------------
+# --- an errors body byte for byte the last: not decoded (reuse.SameBody) --------------------
 
 NOT_DECODED = "not decoded"  # what the fetch log says of such a body (client.read_errors)
 # The errors answer waits this long, so that the listing (a dozen integrations: milliseconds)
-# is done when its body is read: a body is only left undecoded then (_SameBody never waits).
+# is done when its body is read: a body is only left undecoded then (SameBody never waits).
 LISTING_FIRST = 0.5
 
 
