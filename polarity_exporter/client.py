@@ -55,8 +55,7 @@ from polarity_exporter.transport import Transport
 
 __all__ = ["MAX_PAGES", "MAX_PAGE_BYTES", "MAX_RETRIES", "WHOLE_ERRORS_BYTES", "AuthError",
            "Deadline", "DeadlineExceeded", "ForbiddenError", "KeptPages", "Listing", "Page",
-           "PolarityClient",
-           "PolarityError", "ProtocolError", "RateLimitedError"]
+           "PolarityClient", "PolarityError", "ProtocolError", "RateLimitedError"]
 
 log = logging.getLogger(__name__)
 
