@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ import pytest
 import requests
 from inproc import Certs, Running, make_certs, running_exporter
 
-from polarity_exporter.config import Password
+from polarity_exporter.client import PolarityClient
+from polarity_exporter.config import Password, PolarityConfig
 from polarity_exporter.simulator import Simulator, SimulatorConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,3 +197,21 @@ def module_exporter(module_simulator: Simulator,
     launcher = ExporterLauncher(tmp_path_factory.mktemp("exporter"))
     yield launcher(f"--polarity.url={module_simulator.url}", env=PASSWORD_ENV)
     launcher.stop_all()
+
+
+@contextmanager
+def simulator_and_client(page_size: int = 1000, integrations: int = 25, errors: int = 80,
+                         ) -> Iterator[tuple[Simulator, PolarityClient]]:
+    """A simulator of the test account (its dataset of this size) and a client of it, for
+    tests of the client and the collector in this process; closed when the block ends."""
+    config = SimulatorConfig(users={SIM_USER: SIM_PASSWORD}, integrations=integrations,
+                             errors=errors)
+    with Simulator(config) as sim:
+        client = PolarityClient(PolarityConfig(url=sim.url,
+                                               credentials=Password(SIM_USER, SIM_PASSWORD),
+                                               page_size=page_size, timeout=5))
+        try:
+            yield sim, client
+        finally:
+            sim.faults = None
+            client.close()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import SIM_PASSWORD, SIM_USER
+from conftest import simulator_and_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
@@ -25,12 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from reference import clean as clean_controls
 from reference import to_unix
 
-from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector
-from polarity_exporter.config import CollectorConfig, Password, PolarityConfig
+from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.exposition import encode_openmetrics, encode_text
-from polarity_exporter.simulator import Simulator, SimulatorConfig
+from polarity_exporter.simulator import Simulator
 from polarity_exporter.simulator import faults as F
 
 # Text with everything a third-party integration might put in a string.
@@ -92,15 +91,8 @@ def error_documents(draw: st.DrawFn) -> Any:
 
 @pytest.fixture(scope="module")
 def setup() -> Iterator[tuple[Simulator, PolarityCollector]]:
-    with Simulator(SimulatorConfig(users={SIM_USER: SIM_PASSWORD})) as sim:
-        client = PolarityClient(PolarityConfig(url=sim.url,
-                                               credentials=Password(SIM_USER, SIM_PASSWORD),
-                                               page_size=1000, timeout=5))
-        collector = PolarityCollector(client, CollectorConfig())
-        try:
-            yield sim, collector
-        finally:
-            client.close()
+    with simulator_and_client() as (sim, client):
+        yield sim, PolarityCollector(client, CollectorConfig())
 
 
 def clean(text: str) -> str:

@@ -14,19 +14,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import SIM_PASSWORD, SIM_USER
+from conftest import simulator_and_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from polarity_exporter import metrics
 from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector
-from polarity_exporter.config import CollectorConfig, Password, PolarityConfig
+from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.events import ErrorEvents
 from polarity_exporter.exposition import encode_openmetrics, encode_text
 from polarity_exporter.fetchlog import FetchLog
-from polarity_exporter.simulator import Simulator, SimulatorConfig
+from polarity_exporter.simulator import Simulator
 from polarity_exporter.simulator import faults as F
 from polarity_exporter.simulator.dataset import DatasetSpec, generate
 
@@ -75,14 +75,8 @@ def answers(*changes: str) -> tuple[bytes, bytes]:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[Simulator, PolarityClient]]:
-    with Simulator(SimulatorConfig(users={SIM_USER: SIM_PASSWORD})) as sim:
-        client = PolarityClient(PolarityConfig(url=sim.url,
-                                               credentials=Password(SIM_USER, SIM_PASSWORD),
-                                               page_size=1000, timeout=5))
-        try:
-            yield sim, client
-        finally:
-            client.close()
+    with simulator_and_client() as served:
+        yield served
 
 
 def serve(sim: Simulator, *changes: str, errors_after: float = 0.0) -> None:
@@ -436,16 +430,8 @@ PAGE_SIZE = 4  # DATASET's 12 integrations in 3 pages
 
 @pytest.fixture(scope="module")
 def paged() -> Iterator[tuple[Simulator, PolarityClient]]:
-    with Simulator(SimulatorConfig(integrations=12, errors=40,
-                                   users={SIM_USER: SIM_PASSWORD})) as sim:
-        client = PolarityClient(PolarityConfig(url=sim.url,
-                                               credentials=Password(SIM_USER, SIM_PASSWORD),
-                                               page_size=PAGE_SIZE, timeout=5))
-        try:
-            yield sim, client
-        finally:
-            sim.faults = None
-            client.close()
+    with simulator_and_client(PAGE_SIZE, integrations=12, errors=40) as served:
+        yield served
 
 
 def listed_objects(collector: PolarityCollector) -> list[Any]:
