@@ -8,6 +8,7 @@ import codecs
 import json
 import os
 from collections.abc import Callable
+from typing import Any
 
 import requests
 import urllib3
@@ -49,6 +50,9 @@ class BodyReader:
         self._slice = STREAM_SLICE if guard is not None else READ_BYTES
         self._replay = memoryview(b"")
         self.total = 0
+        self.ended = False  # the end of the body was read
+        self._digest: Any = None  # a hashlib object fed what is read (hash_from_here)
+        self._digest_up_to = 0
 
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # ijson probes the stream's type with read(0)
@@ -76,10 +80,25 @@ class BodyReader:
         if not chunk:
             # A cut socket reads as the end of the body: tell the deadline from a short body.
             self._deadline.check(self._what, "the response body did not arrive in time")
+            self.ended = True
         self.total += len(chunk)
         if self.total > self._limit:
             raise ProtocolError(f"{self._what}: response larger than {self._limit} bytes")
+        if self._digest is not None:
+            if self.total > self._digest_up_to:
+                self._digest = None
+            else:
+                self._digest.update(chunk)  # hashlib lets the GIL go for large chunks
         return chunk
+
+    def hash_from_here(self, digest: Any, up_to: int) -> None:
+        """Feed `digest` (a hashlib object, given what was read so far) every byte read from
+        now on, for a body of at most `up_to` bytes."""
+        self._digest, self._digest_up_to = digest, up_to
+
+    def digest(self) -> bytes | None:
+        """The digest of the whole body, if it was hashed and read to its end."""
+        return self._digest.digest() if self._digest is not None and self.ended else None
 
     @staticmethod
     def _repair(chunk: bytes, decoder: codecs.IncrementalDecoder) -> bytes:
@@ -92,6 +111,10 @@ class BodyReader:
         """Up to `limit` bytes; and whether that was the whole body."""
         chunks: list[bytes] = []
         size = 0
+        if self._replay:  # read ahead and handed back (held.py): served first
+            chunks.append(bytes(self._replay[:limit]))
+            size = len(chunks[0])
+            self._replay = self._replay[size:] if size < len(self._replay) else memoryview(b"")
         while size < limit:
             chunk = self._read_raw(min(READ_BYTES, limit - size))
             if not chunk:
@@ -106,8 +129,9 @@ class BodyReader:
         return body
 
     def replay(self, data: bytes) -> None:
-        """Serve `data` (already read) before reading on: a body read ahead, then streamed."""
-        self._replay = memoryview(data)
+        """Serve `data` (already read) before reading on: a body read ahead, then streamed.
+        Before what is still to be served of an earlier replay, if any."""
+        self._replay = memoryview(data + self._replay if self._replay else data)
 
 
 def _read_failure(exc: BaseException) -> str:

@@ -48,6 +48,7 @@ from polarity_exporter.errors import (
     ProtocolError,
     RateLimitedError,
 )
+from polarity_exporter.held import KnownBody, held
 from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
 from polarity_exporter.models import ErrorRecord, Problems, parse_errors
 from polarity_exporter.pieces import read_streamed
@@ -64,8 +65,7 @@ MAX_PAGES = 1000
 # One page of integrations (200 by default, ~1 KB each plus their error references: ~80 bytes
 # for each error record, 5 MiB for a page of a server with 100,000 of them). The references
 # are counted, not decoded (_count_refs), and a body too dense to decode safely is refused
-# (jsondecode.py), so a page this large decodes to at most ~80 MB; bodies are decoded one at a
-# time.
+# (jsondecode.py), so a page this large decodes to at most ~80 MB; one decoded at a time.
 MAX_PAGE_BYTES = 16 * 1024 * 1024
 # An errors body up to this size is decoded whole (fast); a larger one is streamed.
 WHOLE_ERRORS_BYTES = 6 * 1024 * 1024
@@ -335,7 +335,7 @@ class PolarityClient:
                 yield read
 
     def read_errors(self, deadline: Deadline, problems: Problems, text: bool = False,
-                    known: Callable[[bytes], bool] | None = None,
+                    known: KnownBody | None = None,
                     ) -> Iterator[ErrorRecord | DocumentedErrors]:
         """Error records as they are read, or (without `text`) a whole body in the documented
         shape as one DocumentedErrors, which the summary folds without a record per record.
@@ -345,10 +345,10 @@ class PolarityClient:
         is decoded or yielded.
 
         A body up to WHOLE_ERRORS_BYTES is decoded whole: in the documented shape by msgspec
-        (documented.documented_batch), otherwise generically and record by record. A larger
-        body is never held whole: it is decoded in pieces of whole records for as long as it is
-        in the documented shape (pieces.py), and the rest streamed record by record through
-        ijson behind a StreamGuard (jsondecode.stream_items); with `text`, all of it by ijson.
+        (documented.documented_batch), otherwise generically. A larger one (held whole first
+        only when it may be the one `known` holds: held.py) is decoded in pieces of whole records
+        while in the documented shape (pieces.py), the rest streamed through ijson behind a
+        StreamGuard (jsondecode.stream_items); with `text`, all of it by ijson.
         """
         with self._get(ERRORS, deadline, ERRORS) as response:
             check_json(response, ERRORS, self.transport.scrub)
@@ -362,7 +362,12 @@ class PolarityClient:
                     reader.replay(head)
                     del head
                     yield from parse_errors(stream_items(reader, guard, ERRORS), problems, text)
-                else:
+                    return
+                with held(head, reader, known) as same:
+                    if same:
+                        deadline.note(f"{ERRORS}: {reader.total} bytes, the body the kept "
+                                      "families were built from (the same SHA-256): not decoded")
+                        return
                     streamed = read_streamed(head, reader, guard, problems, deadline, ERRORS)
                     del head
                     yield from streamed
@@ -370,7 +375,7 @@ class PolarityClient:
             if known is not None and not text:
                 # hashlib lets the GIL go: other scrapes run meanwhile.
                 digest = hashlib.sha256(head).digest()
-                if known(digest):
+                if known(digest, len(head)):
                     deadline.note(f"{ERRORS}: {len(head)} bytes, the body the kept families were "
                                   "built from (the same SHA-256): not decoded")
                     return

@@ -155,7 +155,8 @@ class PolarityCollector:
             same = SameBody(self._reuse, lambda: result.integrations, listed)
             summary = summarize_errors(self._client.read_errors(deadline, problems, known=same),
                                        self._clean, problems)
-            result.errors_digest, result.errors_kept = same.digest, same.kept
+            result.errors_digest, result.errors_size = same.digest, same.size
+            result.errors_kept = same.kept
             if same.kept is not None:  # the same bytes: the same fields unreadable
                 problems.clear()
                 problems.update(same.kept.problems or {})

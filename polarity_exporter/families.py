@@ -43,6 +43,7 @@ class ScrapeResult:
     listing: Listing[Integration] | None = None
     errors: ErrorSummary | None = None
     errors_digest: bytes | None = None  # SHA-256 of the errors body, when read whole
+    errors_size: int | None = None  # its bytes
     # The kept errors' families, when the errors body was the one they were built from (then
     # `errors` is empty: the body was not decoded)
     errors_kept: Errored | None = None
@@ -126,7 +127,7 @@ def build_families(result: ScrapeResult, config: CollectorConfig,
                 errored = _errored(integrations, label_dicts(), result.errors, config, key)
             if reuse is not None:  # not a build that merged orphans (see errors_key)
                 reuse.errored = None if errored.orphans_folded else replace(
-                    errored, digest=result.errors_digest,
+                    errored, digest=result.errors_digest, size=result.errors_size,
                     problems=Counter(result.problems["errors"]))
         families.use(errored.families)
         sample(metrics.ORPHAN_IDS_FOLDED, {}, errored.orphans_folded)

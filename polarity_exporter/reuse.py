@@ -58,6 +58,7 @@ class Errored:
     codes_folded: float
     digest: bytes | None = None  # SHA-256 of the errors body these were built from, if whole
     problems: Counter[str] | None = None  # what its readers could not read, counted on reuse
+    size: int | None = None  # bytes of that body
 
 
 # Per integration label, in the summary's order: records, affected users, whether codes
@@ -116,9 +117,9 @@ class Reuse:
 
 
 class SameBody:
-    """client.read_errors' `known`, on the errors thread: whether a whole errors body is the
-    one the kept errors' families were built from, for the integrations this scrape lists
-    (`listing()`, read once `listed` is set).
+    """client.read_errors' `known` (held.KnownBody), on the errors thread: whether an errors
+    body read whole is the one the kept errors' families were built from, for the integrations
+    this scrape lists (`listing()`, read once `listed` is set).
 
     Never waits for the listing (read beside it on the fetch thread): when the listing is not
     done yet, the body is decoded at once, as if nothing were kept. Waiting, then decoding
@@ -129,10 +130,18 @@ class SameBody:
                  listed: threading.Event) -> None:
         self._reuse, self._listing, self._listed = reuse, listing, listed
         self.digest: bytes | None = None
+        self.size: int | None = None
         self.kept: Errored | None = None
 
-    def __call__(self, digest: bytes) -> bool:
-        self.digest = digest
+    def expected_size(self) -> int | None:
+        """The size of the body the kept errors' families were built from (held.py)."""
+        last = self._reuse.errored
+        return last.size if last is not None else None
+
+    def __call__(self, digest: bytes | None, size: int) -> bool:
+        self.digest, self.size = digest, size
+        if digest is None:
+            return False
         kept = self._reuse.errored_from(digest)
         if kept is None or not self._listed.is_set():
             return False

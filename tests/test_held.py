@@ -1,0 +1,181 @@
+"""A streamed errors body (over client.WHOLE_ERRORS_BYTES, here made small) is held whole while
+it may be the body the kept families were built from (held.py): met again byte for byte, it is
+not decoded; otherwise what was held is decoded from its first byte, and /metrics says what a
+fresh build says.
+
+Served over HTTP by the simulator (test-only body faults) and read by the real client and
+collector, as tests/test_reuse.py.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import urllib3
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_reuse import (
+    CHANGES,
+    LISTING_FIRST,
+    NOT_DECODED,
+    answers,
+    logged_scrape,
+    serve,
+    stable,
+)
+
+from polarity_exporter import client as client_module
+from polarity_exporter import held
+from polarity_exporter.bodies import BodyReader
+from polarity_exporter.client import PolarityClient
+from polarity_exporter.collector import PolarityCollector
+from polarity_exporter.config import CollectorConfig
+from polarity_exporter.deadline import Deadline
+from polarity_exporter.exposition import encode_openmetrics, encode_text
+from polarity_exporter.simulator import Simulator
+from polarity_exporter.simulator import faults as F
+
+STREAMED_FROM = 1024  # bytes: the test dataset's errors body (tens of KB) is streamed
+SCRAPES_TO_SKIP = 2  # the first learns the size and digest (hashed as read), the second skips
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Simulator, PolarityClient]]:
+    from conftest import simulator_and_client
+    with simulator_and_client() as served:
+        yield served
+
+
+@pytest.fixture(autouse=True)
+def streamed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(client_module, "WHOLE_ERRORS_BYTES", STREAMED_FROM)
+    _, errors = answers("nothing")
+    assert len(errors) > STREAMED_FROM
+    yield
+    assert budget_free() == held.HELD_BUDGET_BYTES  # every scrape gave back what it took
+
+
+def budget_free() -> int:
+    return held.BUDGET._free
+
+
+def fresh(client: PolarityClient) -> list[Any]:
+    families, _ = PolarityCollector(client, CollectorConfig()).scrape(Deadline(5.0))
+    return families
+
+
+def decoded_each_scrape(collector: PolarityCollector, scrapes: int) -> list[bool]:
+    return [NOT_DECODED not in logged_scrape(collector)[1] for _ in range(scrapes)]
+
+
+def test_a_streamed_body_met_again_byte_for_byte_is_not_decoded(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    serve(sim, "nothing", errors_after=LISTING_FIRST)
+    collector = PolarityCollector(client, CollectorConfig())
+    assert decoded_each_scrape(collector, SCRAPES_TO_SKIP + 1) == [True, False, False]
+    kept, _ = collector.scrape(Deadline(5.0))
+    assert stable(kept, encode_text) == stable(fresh(client), encode_text)
+
+
+@pytest.mark.parametrize("change", ["an error count", "a record gone", "an affected user",
+                                    "the order of two records"])
+def test_a_streamed_body_that_changed_is_decoded_from_its_first_byte_and_kept(
+        served: tuple[Simulator, PolarityClient], change: str) -> None:
+    sim, client = served
+    serve(sim, "nothing", errors_after=LISTING_FIRST)
+    collector = PolarityCollector(client, CollectorConfig())
+    decoded_each_scrape(collector, SCRAPES_TO_SKIP)
+    serve(sim, change, errors_after=LISTING_FIRST)
+    assert decoded_each_scrape(collector, 2) == [True, False]  # then it is the one met again
+    kept, _ = collector.scrape(Deadline(5.0))
+    assert stable(kept, encode_text) == stable(fresh(client), encode_text)
+
+
+def test_a_streamed_body_over_the_held_size_is_never_held(
+        served: tuple[Simulator, PolarityClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    sim, client = served
+    _, errors = answers("nothing")
+    monkeypatch.setattr(held, "HELD_ERRORS_BYTES", len(errors) - 1)
+    serve(sim, "nothing", errors_after=LISTING_FIRST)
+    collector = PolarityCollector(client, CollectorConfig())
+    assert decoded_each_scrape(collector, SCRAPES_TO_SKIP + 1) == [True] * (SCRAPES_TO_SKIP + 1)
+
+
+def test_a_streamed_body_is_decoded_as_it_arrives_when_the_budget_is_taken(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    sim, client = served
+    serve(sim, "nothing", errors_after=LISTING_FIRST)
+    collector = PolarityCollector(client, CollectorConfig())
+    assert held.BUDGET.take(held.HELD_BUDGET_BYTES)  # other targets hold it all
+    try:
+        assert decoded_each_scrape(collector, SCRAPES_TO_SKIP) == [True] * SCRAPES_TO_SKIP
+    finally:
+        held.BUDGET.give(held.HELD_BUDGET_BYTES)
+    kept, _ = collector.scrape(Deadline(5.0))
+    assert stable(kept, encode_text) == stable(fresh(client), encode_text)
+
+
+@pytest.mark.parametrize("fault", ["cut", "truncated", "status 500"])
+def test_a_held_body_that_breaks_gives_the_budget_back_and_fails_the_errors_part(
+        served: tuple[Simulator, PolarityClient], fault: str) -> None:
+    sim, client = served
+    serve(sim, "nothing")
+    collector = PolarityCollector(client, CollectorConfig())
+    decoded_each_scrape(collector, SCRAPES_TO_SKIP - 1)  # size and digest known: the next holds
+    listing, errors = answers("nothing")
+    broken = {"cut": F.cut(len(errors) // 2, F.on(F.ERRORS)),
+              "truncated": F.truncate(0.5, F.on(F.ERRORS)),
+              "status 500": F.status(500, F.on(F.ERRORS))}[fault]
+    sim.faults = F.chain(F.body(listing, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)),
+                         broken)
+    _, log = logged_scrape(collector)
+    assert "part errors: failed" in log
+    assert budget_free() == held.HELD_BUDGET_BYTES
+    serve(sim, "nothing")
+    kept, _ = collector.scrape(Deadline(5.0))
+    assert stable(kept, encode_text) == stable(fresh(client), encode_text)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.sampled_from(list(CHANGES)), min_size=1, max_size=2),
+                min_size=2, max_size=6))
+def test_whatever_changes_between_streamed_bodies_metrics_say_what_a_fresh_build_says(
+        served: tuple[Simulator, PolarityClient], changes: list[list[str]]) -> None:
+    sim, client = served
+    keeping = PolarityCollector(client, CollectorConfig())
+    for change in changes:  # runs of the same change make bodies met again
+        serve(sim, *change)
+        kept, _ = keeping.scrape(Deadline(5.0))
+        for encode in (encode_text, encode_openmetrics):
+            assert stable(kept, encode) == stable(fresh(client), encode), change
+
+
+# --- the reader hands back what was read ahead (bodies.BodyReader.replay) --------------------
+
+def reader_of(body: bytes) -> BodyReader:
+    response = requests.Response()
+    response.raw = urllib3.HTTPResponse(body=io.BytesIO(body), preload_content=False)
+    return BodyReader(response, Deadline(60), "errors", limit=len(body) + 1)
+
+
+def test_what_was_handed_back_is_read_first_and_then_the_rest_of_the_body() -> None:
+    reader = reader_of(b"0123456789")
+    ahead, whole = reader.read_up_to(4)
+    assert (ahead, whole) == (b"0123", False)
+    reader.replay(ahead)
+    assert reader.read_up_to(2) == (b"01", False)
+    assert reader.read_up_to(100) == (b"23456789", True)
+
+
+def test_what_is_handed_back_again_comes_before_what_is_still_to_be_served() -> None:
+    reader = reader_of(b"0123456789")
+    reader.replay(reader.read_up_to(6)[0])
+    assert reader.read_up_to(2) == (b"01", False)
+    reader.replay(b"xy")
+    assert reader.read_up_to(100) == (b"xy23456789", True)
