@@ -11,11 +11,11 @@ from a key of the error summary (errors_key), each held for as long as its own i
 A changed integration or record means a build, as before.
 
 An errors body byte for byte the one the kept errors' families were built from (the same
-SHA-256 digest, client.read_errors) is not even decoded when the listing, read beside it, is
-done by then and lists the same labels: the same bytes fold to the same summary (the label
-cleaner is fixed for a collector's life), so the families and the fields it could not read are
-those kept. Hashing costs a seventh of decoding and folding (5 MB: 2.8 against 21 ms), and
-hashlib lets the GIL go meanwhile.
+SHA-256 digest and size, client.read_errors; a streamed one as held.py allows) is not even
+decoded when the listing, read beside it, is done by then and lists the same labels: the same
+bytes fold to the same summary (the label cleaner is fixed for a collector's life), so the
+families and the fields it could not read are those kept. Hashing costs a seventh of decoding
+and folding (5 MB: 2.8 against 21 ms), and hashlib lets the GIL go meanwhile.
 
 Memory, per target between scrapes: the listed integrations, the errors key (a few tuples per
 integration and code, no affected user ids), and the families as their encoded text (the
