@@ -48,7 +48,9 @@ class BodyReader:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace") if repair_utf8 else None
         self._guard = guard
         self._slice = STREAM_SLICE if guard is not None else READ_BYTES
-        self._replay = memoryview(b"")
+        # What was read and handed back (replay), served before reading on: the last handed
+        # back first, each with what to call once it is all served.
+        self._replays: list[tuple[memoryview, Callable[[], None] | None]] = []
         self.total = 0
         self.ended = False  # the end of the body was read
         self._digest: Any = None  # a hashlib object fed what is read (hash_from_here)
@@ -57,12 +59,11 @@ class BodyReader:
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # ijson probes the stream's type with read(0)
             return b""
-        if not self._replay:
-            self._replay = memoryview(self._read_raw(READ_BYTES))
+        if not self._replays:
+            self._replays.append((memoryview(self._read_raw(READ_BYTES)), None))
         # Handed out in slices: the guard's bound on nesting depends on what the parser is
         # given at once (see StreamGuard).
-        step = min(size if size > 0 else READ_BYTES, self._slice)
-        chunk, self._replay = bytes(self._replay[:step]), self._replay[step:]
+        chunk = self._replayed(min(size if size > 0 else READ_BYTES, self._slice))
         if self._utf8 is not None:
             chunk = self._repair(chunk, self._utf8)
         if self._guard is not None:
@@ -107,14 +108,37 @@ class BodyReader:
             return chunk
         return decoder.decode(chunk, final=not chunk).encode("utf-8")
 
+    def _replayed(self, limit: int) -> bytes:
+        """Up to `limit` bytes of what was handed back last."""
+        view, done = self._replays[-1]
+        chunk = bytes(view[:limit])
+        if len(chunk) < len(view):
+            self._replays[-1] = (view[len(chunk):], done)
+        else:
+            self._replays.pop()  # its buffer may go now
+            if done is not None:
+                done()
+        return chunk
+
+    def fill(self, buffer: memoryview) -> tuple[int, bool]:
+        """Read into `buffer` (nothing handed back is waiting) until it is full or the body
+        ends; the bytes read, and whether that was the end."""
+        size = 0
+        while size < len(buffer):
+            chunk = self._read_raw(len(buffer) - size)
+            if not chunk:
+                return size, True
+            buffer[size:size + len(chunk)] = chunk
+            size += len(chunk)
+        return size, False
+
     def read_up_to(self, limit: int) -> tuple[bytes, bool]:
         """Up to `limit` bytes; and whether that was the whole body."""
         chunks: list[bytes] = []
         size = 0
-        if self._replay:  # read ahead and handed back (held.py): served first
-            chunks.append(bytes(self._replay[:limit]))
-            size = len(chunks[0])
-            self._replay = self._replay[size:] if size < len(self._replay) else memoryview(b"")
+        while size < limit and self._replays:  # handed back: served first
+            chunks.append(self._replayed(limit - size))
+            size += len(chunks[-1])
         while size < limit:
             chunk = self._read_raw(min(READ_BYTES, limit - size))
             if not chunk:
@@ -128,10 +152,10 @@ class BodyReader:
         body, _ = self.read_up_to(self._limit + 1)
         return body
 
-    def replay(self, data: bytes) -> None:
-        """Serve `data` (already read) before reading on: a body read ahead, then streamed.
-        Before what is still to be served of an earlier replay, if any."""
-        self._replay = memoryview(data + self._replay if self._replay else data)
+    def replay(self, data: bytes | memoryview, done: Callable[[], None] | None = None) -> None:
+        """Serve `data` (already read) before reading on, and before what is still to be served
+        of an earlier replay (not copied); then call `done`."""
+        self._replays.append((memoryview(data), done))
 
 
 def _read_failure(exc: BaseException) -> str:

@@ -179,3 +179,54 @@ def test_what_is_handed_back_again_comes_before_what_is_still_to_be_served() -> 
     assert reader.read_up_to(2) == (b"01", False)
     reader.replay(b"xy")
     assert reader.read_up_to(100) == (b"xy23456789", True)
+
+
+# --- what a held body costs in memory, and when its budget comes back (held.held) -----------
+
+HELD_SIZE = 8 * 1024 * 1024
+HEAD_SIZE = 1024 * 1024
+READ_SIZE = 256 * 1024  # what the pieces read at once, here
+
+
+class Known:
+    """A caller that kept a body of HELD_SIZE bytes with another digest."""
+
+    def expected_size(self) -> int | None:
+        return HELD_SIZE
+
+    def __call__(self, digest: bytes | None, size: int) -> bool:
+        return False
+
+
+def held_reader() -> tuple[BodyReader, bytes]:
+    reader = reader_of(bytes(range(256)) * (HELD_SIZE // 256))
+    head, whole = reader.read_up_to(HEAD_SIZE)
+    assert not whole
+    return reader, head
+
+
+def test_a_held_body_takes_about_its_size_in_memory_even_when_read_is_handed_back() -> None:
+    import tracemalloc
+    reader, head = held_reader()
+    tracemalloc.start()
+    try:
+        with held.held(head, reader, Known()) as same:
+            assert not same
+            reader.replay(reader.read_up_to(READ_SIZE)[0])  # as the pieces hand back the rest
+            while reader.read_up_to(READ_SIZE)[0]:
+                pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < HELD_SIZE - HEAD_SIZE + 4 * READ_SIZE  # one buffer, and the reads of it
+
+
+def test_the_budget_comes_back_once_the_held_bytes_are_all_read_again() -> None:
+    reader, head = held_reader()
+    with held.held(head, reader, Known()) as same:
+        assert not same
+        assert budget_free() == held.HELD_BUDGET_BYTES - HELD_SIZE
+        read = len(head)
+        while read < HELD_SIZE:
+            read += len(reader.read_up_to(READ_SIZE)[0])
+        assert budget_free() == held.HELD_BUDGET_BYTES  # before the decode is over
