@@ -48,7 +48,7 @@ from polarity_exporter.errors import (
     ProtocolError,
     RateLimitedError,
 )
-from polarity_exporter.held import KnownBody, held
+from polarity_exporter.held import KnownBody, held, until_known
 from polarity_exporter.jsondecode import StreamGuard, decode_json, stream_items
 from polarity_exporter.models import ErrorRecord, Problems, parse_errors
 from polarity_exporter.pieces import read_streamed
@@ -67,11 +67,10 @@ MAX_PAGES = 1000
 # are counted, not decoded (_count_refs), and a body too dense to decode safely is refused
 # (jsondecode.py), so a page this large decodes to at most ~80 MB; one decoded at a time.
 MAX_PAGE_BYTES = 16 * 1024 * 1024
-# An errors body up to this size is decoded whole (fast); a larger one is streamed.
+# An errors body up to this size is decoded whole (fast); a larger one streamed (held.py).
 WHOLE_ERRORS_BYTES = 6 * 1024 * 1024
 # Integrations kept from one listing, whatever the pages say: twice the largest server the
-# benchmark measures (an answer for 20,000 takes ~200 MB to encode). Past it the listing is
-# incomplete.
+# benchmark measures (an answer for 20,000 takes ~200 MB to encode); past it, incomplete.
 MAX_INTEGRATIONS = 20_000
 # The errors body has no documented size limit; this only stops an endless one.
 MAX_ERRORS_BYTES = 4 * 1024**3
@@ -363,14 +362,15 @@ class PolarityClient:
                     del head
                     yield from parse_errors(stream_items(reader, guard, ERRORS), problems, text)
                     return
-                with held(head, reader, known) as same:
-                    if same:
-                        deadline.note(f"{ERRORS}: {reader.total} bytes, the body the kept "
-                                      "families were built from (the same SHA-256): not decoded")
-                        return
+                with held(head, reader, known) as verdict:
+                    note = f"{ERRORS}: {reader.total} bytes, the body the kept families were " \
+                        "built from (the same SHA-256): not decoded"
+                    if verdict.same:
+                        return deadline.note(note)
                     streamed = read_streamed(head, reader, guard, problems, deadline, ERRORS)
                     del head
-                    yield from streamed
+                    yield from until_known(streamed, verdict,
+                                           lambda: deadline.note(f"{note} further"))
                 return
             if known is not None and not text:
                 # hashlib lets the GIL go: other scrapes run meanwhile.

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from polarity_exporter.bodies import BodyReader
 
@@ -37,9 +38,42 @@ class KnownBody(Protocol):
     def expected_size(self) -> int | None:
         """Bytes of the body the kept families were built from, if any."""
 
-    def __call__(self, digest: bytes | None, size: int) -> bool:
+    def __call__(self, digest: bytes | None, size: int) -> bool | None:
         """Told each body read (its SHA-256 when read whole, else None): True when the caller
-        holds what it gives already, and it is then not decoded."""
+        holds what it gives already, and it is then not decoded; None when it may, but cannot
+        tell yet (ask again)."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """What held() found: the known body (`same`: decode nothing), or a body to decode; `ask`
+    asks `known` again, while decoding, about a body that may be the known one."""
+
+    same: bool
+    ask: Callable[[], bool | None] | None = None
+
+
+T = TypeVar("T")
+
+
+def until_known(batches: Iterator[T], verdict: Held, known: Callable[[], None]) -> Iterator[T]:
+    """`batches` (a held body decoded), until `verdict.ask` tells it is the known body (then
+    `known()` and nothing more is decoded). So a body met again while the listing, read beside
+    it, was not yet done is decoded only until the listing is: never waited for."""
+    ask = verdict.ask
+    try:
+        for batch in batches:
+            yield batch
+            if ask is not None:
+                answer = ask()
+                if answer:
+                    known()
+                    return
+                if answer is False:
+                    ask = None
+    finally:
+        if isinstance(batches, Generator):
+            batches.close()  # a decode left early: its reads end here, not when collected
 
 
 class _Budget:
@@ -66,7 +100,7 @@ BUDGET = _Budget(HELD_BUDGET_BYTES)
 
 
 @contextmanager
-def held(head: bytes, reader: BodyReader, known: KnownBody | None) -> Iterator[bool]:
+def held(head: bytes, reader: BodyReader, known: KnownBody | None) -> Iterator[Held]:
     """Whether the streamed body whose first bytes are `head` is the known one (True: decode
     nothing). On False the caller decodes it from `head` and the reader on, which serves first
     what was read ahead (one buffer, never copied); the budget comes back once that is all
@@ -78,7 +112,7 @@ def held(head: bytes, reader: BodyReader, known: KnownBody | None) -> Iterator[b
         if known is not None and (size is None or size <= HELD_ERRORS_BYTES):
             reader.hash_from_here(hashlib.sha256(head), HELD_ERRORS_BYTES)
         del head  # the caller lets it go once decoded
-        yield False
+        yield Held(False)
         if known is not None:
             known(reader.digest(), reader.total)
         return
@@ -96,12 +130,15 @@ def held(head: bytes, reader: BodyReader, known: KnownBody | None) -> Iterator[b
         buffer = bytearray(size + 1 - len(head))  # one buffer, never copied: the budget's size
         del head
         read, ended = reader.fill(memoryview(buffer))
-        if ended and known(reader.digest(), reader.total):
-            yield True
+        digest = reader.digest()
+        answer = known(digest, reader.total) if ended else False
+        if answer:
+            yield Held(True)
             return
         reader.replay(memoryview(buffer)[:read], done=give)
         del buffer
-        yield False
+        total = reader.total
+        yield Held(False, None if answer is False else lambda: known(digest, total))
         if not ended:
             known(reader.digest(), reader.total)
     finally:

@@ -138,13 +138,15 @@ class SameBody:
         last = self._reuse.errored
         return last.size if last is not None else None
 
-    def __call__(self, digest: bytes | None, size: int) -> bool:
+    def __call__(self, digest: bytes | None, size: int) -> bool | None:
         self.digest, self.size = digest, size
         if digest is None:
             return False
         kept = self._reuse.errored_from(digest)
-        if kept is None or not self._listed.is_set():
+        if kept is None:
             return False
+        if not self._listed.is_set():
+            return None  # the kept body, maybe: asked again while it is decoded (held.py)
         integrations = self._listing()
         if not integrations or kept.labels != list(integrations):
             return False  # other integrations listed: the families change, built anew

@@ -210,8 +210,8 @@ def test_a_held_body_takes_about_its_size_in_memory_even_when_read_is_handed_bac
     reader, head = held_reader()
     tracemalloc.start()
     try:
-        with held.held(head, reader, Known()) as same:
-            assert not same
+        with held.held(head, reader, Known()) as verdict:
+            assert not verdict.same
             reader.replay(reader.read_up_to(READ_SIZE)[0])  # as the pieces hand back the rest
             while reader.read_up_to(READ_SIZE)[0]:
                 pass
@@ -223,10 +223,62 @@ def test_a_held_body_takes_about_its_size_in_memory_even_when_read_is_handed_bac
 
 def test_the_budget_comes_back_once_the_held_bytes_are_all_read_again() -> None:
     reader, head = held_reader()
-    with held.held(head, reader, Known()) as same:
-        assert not same
+    with held.held(head, reader, Known()) as verdict:
+        assert not verdict.same
         assert budget_free() == held.HELD_BUDGET_BYTES - HELD_SIZE
         read = len(head)
         while read < HELD_SIZE:
             read += len(reader.read_up_to(READ_SIZE)[0])
         assert budget_free() == held.HELD_BUDGET_BYTES  # before the decode is over
+
+
+# --- a body that may be the known one, while the listing is still read (held.until_known) ---
+
+def counted_batches(consumed: list[int], closed: list[bool]) -> Iterator[int]:
+    try:
+        for batch in range(5):
+            consumed.append(batch)
+            yield batch
+    finally:
+        closed.append(True)
+
+
+def answers_in_turn(*answers: bool | None) -> tuple[held.Held, list[bool | None]]:
+    given: list[bool | None] = []
+    turns = iter(answers)
+
+    def ask() -> bool | None:
+        given.append(next(turns))
+        return given[-1]
+    return held.Held(False, ask), given
+
+
+def test_a_decode_stops_once_the_body_is_told_to_be_the_known_one() -> None:
+    consumed: list[int] = []
+    closed: list[bool] = []
+    verdict, _ = answers_in_turn(None, None, True)
+    told: list[bool] = []
+    assert list(held.until_known(counted_batches(consumed, closed), verdict,
+                                 lambda: told.append(True))) == [0, 1, 2]
+    assert consumed == [0, 1, 2] and closed == [True] and told == [True]
+
+
+def test_a_decode_goes_on_to_the_end_once_the_body_is_told_not_to_be_the_known_one() -> None:
+    consumed: list[int] = []
+    verdict, given = answers_in_turn(None, False)
+    assert list(held.until_known(counted_batches(consumed, []), verdict, lambda: None)) == \
+        [0, 1, 2, 3, 4]
+    assert given == [None, False]  # not asked again
+
+
+@pytest.mark.parametrize("late", [F.INTEGRATIONS, F.ERRORS])
+def test_a_body_met_again_says_what_a_fresh_build_says_whichever_part_ends_first(
+        served: tuple[Simulator, PolarityClient], late: str) -> None:
+    sim, client = served
+    listing, errors = answers("nothing")
+    sim.faults = F.chain(F.body(listing, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)),
+                         F.hang(LISTING_FIRST, F.on(late)))
+    collector = PolarityCollector(client, CollectorConfig())
+    for _ in range(SCRAPES_TO_SKIP + 1):
+        kept, _ = collector.scrape(Deadline(5.0))
+        assert stable(kept, encode_text) == stable(fresh(client), encode_text)
