@@ -59,13 +59,19 @@ class BodyReader:
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # ijson probes the stream's type with read(0)
             return b""
-        if not self._replays:
-            self._replays.append((memoryview(self._read_raw(READ_BYTES)), None))
-        # Handed out in slices: the guard's bound on nesting depends on what the parser is
-        # given at once (see StreamGuard).
-        chunk = self._replayed(min(size if size > 0 else READ_BYTES, self._slice))
-        if self._utf8 is not None:
-            chunk = self._repair(chunk, self._utf8)
+        chunk = b""
+        while not chunk:
+            if not self._replays:
+                self._replays.append((memoryview(self._read_raw(READ_BYTES)), None))
+            # Handed out in slices: the guard's bound on nesting depends on what the parser is
+            # given at once (see StreamGuard).
+            read = chunk = self._replayed(min(size if size > 0 else READ_BYTES, self._slice))
+            if self._utf8 is not None:
+                # A slice of part of one character repairs to nothing: read on, as b"" is
+                # the end of the body to the parser (found by an attack).
+                chunk = self._repair(chunk, self._utf8)
+            if not read:
+                break
         if self._guard is not None:
             self._guard.check(chunk)
         return chunk
@@ -115,7 +121,8 @@ class BodyReader:
         if len(chunk) < len(view):
             self._replays[-1] = (view[len(chunk):], done)
         else:
-            self._replays.pop()  # its buffer may go now
+            self._replays.pop()
+            del view  # its buffer goes now, before `done` gives back what it was counted as
             if done is not None:
                 done()
         return chunk

@@ -282,3 +282,15 @@ def test_a_body_met_again_says_what_a_fresh_build_says_whichever_part_ends_first
     for _ in range(SCRAPES_TO_SKIP + 1):
         kept, _ = collector.scrape(Deadline(5.0))
         assert stable(kept, encode_text) == stable(fresh(client), encode_text)
+
+
+def test_part_of_a_character_handed_back_alone_is_not_taken_for_the_end_of_the_body() -> None:
+    euro = "€".encode()
+    response = requests.Response()
+    response.raw = urllib3.HTTPResponse(body=io.BytesIO(euro[2:] + euro), preload_content=False)
+    reader = BodyReader(response, Deadline(60), "errors", limit=100, repair_utf8=True)
+    reader.replay(euro[:2])
+    read = []
+    while chunk := reader.read(8):
+        read.append(chunk)
+    assert b"".join(read) == euro * 2
