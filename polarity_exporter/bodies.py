@@ -127,6 +127,10 @@ class BodyReader:
                 done()
         return chunk
 
+    def let_go(self) -> None:
+        """Drop what was handed back and not served: nothing more is read."""
+        self._replays.clear()
+
     def fill(self, buffer: memoryview) -> tuple[int, bool]:
         """Read into `buffer` (nothing handed back is waiting) until it is full or the body
         ends; the bytes read, and whether that was the end."""

@@ -188,5 +188,8 @@ class PolarityCollector:
                             extra={"collector": collector, "fields": fields})
                 deadline.note(f"part {collector}: unreadable fields: {fields}")
 
-    def build(self, result: ScrapeResult) -> list[Metric]:
-        return build_families(result, self._config, self._cache_ttl, self._reuse)
+    def build(self, result: ScrapeResult, keep: bool = True) -> list[Metric]:
+        """The families of `result`; without `keep` (an answer given while a fetch runs, not
+        that fetch's result) what the target's last scrape kept is neither used nor dropped."""
+        return build_families(result, self._config, self._cache_ttl,
+                              self._reuse if keep else None)

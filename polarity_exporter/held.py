@@ -142,4 +142,5 @@ def held(head: bytes, reader: BodyReader, known: KnownBody | None) -> Iterator[H
         if not ended:
             known(reader.digest(), reader.total)
     finally:
+        reader.let_go()  # a decode left early: the held buffer goes before its budget comes back
         give()

@@ -89,7 +89,7 @@ class Server:
 
     def late(self, timeout: float) -> list[Metric]:
         """The answer when nothing can be asked of Polarity in time: polarity_up 0."""
-        return self.collector.build(ScrapeResult(timeout=timeout))
+        return self.collector.build(ScrapeResult(timeout=timeout), keep=False)
 
     def close(self) -> None:
         """Start no more fetches and log out now; the client refuses to log in again."""
@@ -361,5 +361,7 @@ def _late_answer(collector: PolarityCollector) -> Callable[[float], list[Metric]
     session, pools and last families) would then wait for the cyclic GC, which the exporter's
     GC threshold (memory.py) makes rare, and RSS grew across reloads (issue 20, finding 10)."""
     def late(timeout: float) -> list[Metric]:
-        return collector.build(ScrapeResult(timeout=timeout))
+        # Keeps what the fetch in flight may yet use: forgetting it here made that fetch
+        # decode an errors body it held as the kept one (found by an attack).
+        return collector.build(ScrapeResult(timeout=timeout), keep=False)
     return late

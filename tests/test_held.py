@@ -10,6 +10,7 @@ collector, as tests/test_reuse.py.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,13 +30,17 @@ from test_reuse import (
 )
 
 from polarity_exporter import client as client_module
+from polarity_exporter import collector as collector_module
 from polarity_exporter import held
+from polarity_exporter import pieces as pieces_module
+from polarity_exporter import summary as summary_module
 from polarity_exporter.bodies import BodyReader
 from polarity_exporter.client import PolarityClient
 from polarity_exporter.collector import PolarityCollector
 from polarity_exporter.config import CollectorConfig
 from polarity_exporter.deadline import Deadline
 from polarity_exporter.exposition import encode_openmetrics, encode_text
+from polarity_exporter.reuse import SameBody
 from polarity_exporter.simulator import Simulator
 from polarity_exporter.simulator import faults as F
 
@@ -294,3 +299,63 @@ def test_part_of_a_character_handed_back_alone_is_not_taken_for_the_end_of_the_b
     while chunk := reader.read(8):
         read.append(chunk)
     assert b"".join(read) == euro * 2
+
+
+# --- the listing done while a held body that is the kept one is decoded ----------------------
+
+class ListedOnSecondPiece:
+    """The fold of the second piece waits until the listing is done: so the listing ends while
+    the body is decoded, deterministically."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.listed: list[threading.Event] = []
+        self.pieces = 0
+        gate = self
+
+        class Watched(SameBody):
+            def __init__(self, reuse: Any, listing: Any, listed: threading.Event) -> None:
+                gate.listed.append(listed)
+                super().__init__(reuse, listing, listed)
+
+        fold = summary_module.ErrorSummary.add_documented
+
+        def add_documented(summary: Any, batch: Any) -> None:
+            gate.pieces += 1
+            if gate.pieces == 2:
+                assert gate.listed[-1].wait(5.0)
+            fold(summary, batch)
+
+        monkeypatch.setattr(collector_module, "SameBody", Watched)
+        monkeypatch.setattr(summary_module.ErrorSummary, "add_documented", add_documented)
+        monkeypatch.setattr(pieces_module, "PIECE_BYTES", 2048)
+
+
+def test_a_held_body_stops_being_decoded_once_the_listing_agrees_and_counts_as_kept(
+        served: tuple[Simulator, PolarityClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    sim, client = served
+    listing, errors = answers("nothing")
+    at = errors.index(b'"occurred-on": "') + len(b'"occurred-on": "')
+    assert at < 1024  # in the first piece, decoded before the listing is done: unreadable
+    errors = errors[:at] + b"yesterday" + errors[errors.index(b'"', at):]
+    collector = PolarityCollector(client, CollectorConfig())
+    sim.faults = F.chain(F.body(listing, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)))
+    collector.scrape(Deadline(5.0))  # learns the body's size and digest
+    gate = ListedOnSecondPiece(monkeypatch)
+    sim.faults = F.chain(F.body(listing, F.on(F.INTEGRATIONS)), F.body(errors, F.on(F.ERRORS)),
+                         F.hang(LISTING_FIRST, F.on(F.INTEGRATIONS)))
+    kept, log = logged_scrape(collector)
+    assert f"{NOT_DECODED} further" in log and gate.pieces == 2
+    assert stable(kept, encode_text) == stable(fresh(client), encode_text)
+
+
+def test_an_answer_given_while_a_fetch_runs_keeps_what_the_target_kept(
+        served: tuple[Simulator, PolarityClient]) -> None:
+    from polarity_exporter.servers import _late_answer
+    sim, client = served
+    serve(sim, "nothing")
+    collector = PolarityCollector(client, CollectorConfig())
+    collector.scrape(Deadline(5.0))
+    kept = collector._reuse.errored
+    assert kept is not None
+    _late_answer(collector)(1.0)
+    assert collector._reuse.errored is kept
