@@ -42,7 +42,7 @@ class ScrapeResult:
     integrations: dict[str, Integration] | None = None  # by label value
     listing: Listing[Integration] | None = None
     errors: ErrorSummary | None = None
-    errors_digest: bytes | None = None  # SHA-256 of the errors body, when read whole
+    errors_digest: bytes | None = None  # SHA-256 of the errors body, when hashed whole
     errors_size: int | None = None  # its bytes
     # The kept errors' families, when the errors body was the one they were built from (then
     # `errors` is empty: the body was not decoded)

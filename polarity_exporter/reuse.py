@@ -13,9 +13,9 @@ A changed integration or record means a build, as before.
 An errors body byte for byte the one the kept errors' families were built from (the same
 SHA-256 digest and size, client.read_errors; a streamed one as held.py allows) is not even
 decoded when the listing, read beside it, is done by then (for a held body: by the end of
-any piece of its decode) and lists the same labels: the same
-bytes fold to the same summary (the label cleaner is fixed for a collector's life), so the
-families and the fields it could not read are those kept. Hashing costs a seventh of decoding
+any piece of its decode) and lists the same labels: the same bytes fold to the same summary
+(the label cleaner is fixed for a collector's life), so the families and the fields it could
+not read are those kept. Hashing costs a seventh of decoding
 and folding (5 MB: 2.8 against 21 ms), and hashlib lets the GIL go meanwhile.
 
 Memory, per target between scrapes: the listed integrations, the errors key (a few tuples per
@@ -57,7 +57,7 @@ class Errored:
     families: dict[metrics.Family, Metric]
     orphans_folded: float
     codes_folded: float
-    digest: bytes | None = None  # SHA-256 of the errors body these were built from, if whole
+    digest: bytes | None = None  # SHA-256 of the errors body these were built from, if hashed
     problems: Counter[str] | None = None  # what its readers could not read, counted on reuse
     size: int | None = None  # bytes of that body
 

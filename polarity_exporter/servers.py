@@ -89,7 +89,7 @@ class Server:
 
     def late(self, timeout: float) -> list[Metric]:
         """The answer when nothing can be asked of Polarity in time: polarity_up 0."""
-        return self.collector.build(ScrapeResult(timeout=timeout), keep=False)
+        return _late_answer(self.collector)(timeout)
 
     def close(self) -> None:
         """Start no more fetches and log out now; the client refuses to log in again."""
