@@ -50,6 +50,8 @@ class _Timespec(ctypes.Structure):
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.clock_getcpuclockid.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+_LIBC.clock_gettime.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -57,8 +59,7 @@ def cpu_seconds(pid: int) -> float:
 
     Read from the process's CPU-time clock (clock_getcpuclockid(3)), to the nanosecond: utime
     and stime in /proc move in 10 ms clock ticks, and a scrape of 40 integrations takes 5 ms,
-    so each measured 0 or 10 ms and 60 of them still left the mean ±10% off. /proc is the
-    fallback where the clock cannot be read.
+    so each measured 0 or 10 ms. /proc is the fallback where the clock cannot be read.
     """
     clock, now = ctypes.c_int(), _Timespec()
     if (_LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0
@@ -547,8 +548,8 @@ class Baseline:
         self.server, self.cpu, self.scrapes = server, 0.0, 0
 
     def measure(self, scrapes: int) -> None:
-        # The mean, not the median: the fleet's side is a total over its rounds, and the
-        # tables before cpu_seconds read the clock to the nanosecond (10 ms ticks) used it.
+        # The mean, not the median: the fleet's side is a total over its rounds (and CPU time
+        # was read in 10 ms ticks until cpu_seconds read the process's CPU-time clock).
         for _ in range(scrapes):
             self.cpu += self.server.scrape().cpu
         self.scrapes += scrapes
@@ -556,34 +557,6 @@ class Baseline:
     @property
     def mean(self) -> float:
         return self.cpu / max(self.scrapes, 1)
-
-
-class Alongside:
-    """Scrapes a baseline's exporter back to back, one at a time, while the block runs: one
-    exporter per server as Prometheus would meet it during a fleet's round, on a machine just
-    as loaded. Measured here: a scrape costs a quarter more CPU during a round of 200 probes
-    than in the pause after it (the caches and cores are shared with 20 simulators and 200
-    client threads), so only a baseline taken during the round compares the exporters, not the
-    machine's two states."""
-
-    def __init__(self, baseline: Baseline) -> None:
-        self.baseline = baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._scrape, daemon=True)
-
-    def _scrape(self) -> None:
-        while True:  # at least one scrape, however short the round
-            self.baseline.measure(1)
-            if self._stop.is_set():
-                return
-
-    def __enter__(self) -> Alongside:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 BASELINE_SCRAPES = 20
@@ -612,35 +585,28 @@ def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: floa
             walls: list[float] = []
             failed = 0
             cpu, cpu_rounds = cpu_seconds(server.pid), 0.0
-            during = Baseline(baseline.server)  # the same exporter, scraped during the rounds
             started = time.monotonic()
             while time.monotonic() - started < sizes.fleet_seconds:
                 round_start = time.monotonic()
-                with Alongside(during):
-                    for wall, up in pool.map(lambda name: server.probe(name), names):
-                        walls.append(wall)
-                        failed += not up
+                for wall, up in pool.map(lambda name: server.probe(name), names):
+                    walls.append(wall)
+                    failed += not up
                 cpu_rounds += cpu_seconds(server.pid) - cpu
                 baseline.measure(BASELINE_SCRAPES)  # in the pause, the fleet idle
                 time.sleep(max(0.0, interval - (time.monotonic() - round_start)))
                 cpu = cpu_seconds(server.pid)
         peak = memory_mb(server.pid, "VmHWM")
-    per_probe, quiet, loaded = cpu_rounds / len(walls), baseline.mean, during.mean
+    per_probe, single_cpu = cpu_rounds / len(walls), baseline.mean
     deadline = PROBE_TIMEOUT - 0.5  # the header less --web.timeout-offset
     return [
         Row(scenario, f"probes inside their deadline ({deadline:g} s) with polarity_up 1",
             f"{len(walls) - failed} of {len(walls)}, slowest {max(walls):.2f} s",
             f"median {statistics.median(walls):.2f} s", f"{failed} failed",
             "all", failed == 0 and max(walls) < deadline),
-        Row(scenario, "CPU per probe, against one exporter per server scraped during the rounds",
-            f"{per_probe * 1000:.1f} ms",
-            f"{loaded * 1000:.1f} ms per scrape ({during.scrapes} scrapes)",
-            f"{per_probe / max(loaded, 1e-9):.2f}x", "≤ 1.1x",
-            per_probe <= FLEET_CPU_RATIO * loaded),
-        Row(scenario, "CPU per probe, against the same exporter scraped in the pause after "
-            "each round (the machine quiet)", f"{per_probe * 1000:.1f} ms",
-            f"{quiet * 1000:.1f} ms per scrape; during the rounds {loaded / max(quiet, 1e-9):.2f}x "
-            "that", f"{per_probe / max(quiet, 1e-9):.2f}x", "published", None),
+        Row(scenario, "CPU per probe", f"{per_probe * 1000:.1f} ms",
+            f"one exporter per server {single_cpu * 1000:.1f} ms per scrape",
+            f"{per_probe / max(single_cpu, 1e-9):.2f}x", "≤ 1.1x",
+            per_probe <= FLEET_CPU_RATIO * single_cpu),
         Row(scenario, "exporter peak RSS (VmHWM), all targets", f"{peak:.1f} MiB", "—",
             f"{peak / count:.1f} MiB per target", "—", None),
         Row(scenario, "exporter threads, peak while probing", f"{threads.peak}", "—", "—",
