@@ -554,6 +554,10 @@ class Baseline:
             self.cpu += self.server.scrape().cpu
         self.scrapes += scrapes
 
+    def add(self, other: Baseline) -> None:
+        self.cpu += other.cpu
+        self.scrapes += other.scrapes
+
     @property
     def mean(self) -> float:
         return self.cpu / max(self.scrapes, 1)
@@ -585,14 +589,20 @@ def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: floa
             walls: list[float] = []
             failed = 0
             cpu, cpu_rounds = cpu_seconds(server.pid), 0.0
+            ratios: list[float] = []
             started = time.monotonic()
             while time.monotonic() - started < sizes.fleet_seconds:
                 round_start = time.monotonic()
                 for wall, up in pool.map(lambda name: server.probe(name), names):
                     walls.append(wall)
                     failed += not up
-                cpu_rounds += cpu_seconds(server.pid) - cpu
-                baseline.measure(BASELINE_SCRAPES)  # in the pause, the fleet idle
+                spent = cpu_seconds(server.pid) - cpu
+                cpu_rounds += spent
+                pause = Baseline(baseline.server)
+                pause.measure(BASELINE_SCRAPES)  # in the pause, the fleet idle
+                baseline.add(pause)
+                # Each round against the pause after it: the spread is the machine's noise
+                ratios.append(spent / count / max(pause.mean, 1e-9))
                 time.sleep(max(0.0, interval - (time.monotonic() - round_start)))
                 cpu = cpu_seconds(server.pid)
         peak = memory_mb(server.pid, "VmHWM")
@@ -604,7 +614,8 @@ def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: floa
             f"median {statistics.median(walls):.2f} s", f"{failed} failed",
             "all", failed == 0 and max(walls) < deadline),
         Row(scenario, "CPU per probe", f"{per_probe * 1000:.1f} ms",
-            f"one exporter per server {single_cpu * 1000:.1f} ms per scrape",
+            f"one exporter per server {single_cpu * 1000:.1f} ms per scrape; rounds "
+            f"{min(ratios):.2f}-{max(ratios):.2f}x",
             f"{per_probe / max(single_cpu, 1e-9):.2f}x", "≤ 1.1x",
             per_probe <= FLEET_CPU_RATIO * single_cpu),
         Row(scenario, "exporter peak RSS (VmHWM), all targets", f"{peak:.1f} MiB", "—",
