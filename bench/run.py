@@ -518,31 +518,31 @@ def fleet(sizes: Sizes) -> list[Row]:
         single = stack.enter_context(exporter(urls[0]))
         single.scrape().check_complete()
         with ThreadPeak(single.pid) as single_threads:
-            single_cpu = Baseline(single)
-            single_cpu.measure(BASELINE_SCRAPES)  # and again between the fleet's rounds
+            Baseline(single).measure(BASELINE_SCRAPES)  # warm; each fleet measures its own
         rows.append(Row(f"1 target of {n} integrations and {m:,} error records (--polarity.url)",
                         "exporter threads, peak while scraping", f"{single_threads.peak}",
                         "—", "—", "≤ 64", single_threads.peak <= THREAD_CEILING))
         for count, integrations, errors, interval in sizes.fleet_targets:
             if (integrations, errors) == (n, m):
-                rows += _fleet(stack, sizes, count, interval, urls, single_cpu)
+                rows += _fleet(stack, sizes, count, interval, urls, single)
                 continue
             with contextlib.ExitStack() as own:  # simulators and a baseline of this size
                 sims = [own.enter_context(simulator(integrations, errors))
                         for _ in range(min(FLEET_SIMULATORS, count))]
                 baseline = own.enter_context(exporter(sims[0]))
                 baseline.scrape().check_complete()
-                cpu = Baseline(baseline)
-                cpu.measure(BASELINE_SCRAPES)
+                Baseline(baseline).measure(BASELINE_SCRAPES)  # warm
                 rows += _fleet(own, replace(sizes, fleet_integrations=integrations,
-                                            fleet_errors=errors), count, interval, sims, cpu)
+                                            fleet_errors=errors), count, interval, sims,
+                               baseline)
     return rows
 
 
 class Baseline:
-    """CPU per scrape of one exporter per server, measured before the fleet and again in the
-    pause after each of its rounds: the machine's speed drifts by a quarter within minutes, and
-    a baseline taken only before the fleet compared the fleet with another machine."""
+    """CPU per scrape of one exporter per server, measured in the pause after each of a fleet's
+    rounds, for that fleet alone: the machine's speed drifts by a quarter within minutes, and a
+    baseline taken before the fleet, or in another fleet's pauses (both were pooled in until
+    a review found it), compared the fleet with another machine."""
 
     def __init__(self, server: Server) -> None:
         self.server, self.cpu, self.scrapes = server, 0.0, 0
@@ -570,7 +570,7 @@ FLEET_CPU_RATIO = 1.1  # issue 23: CPU per probe against one exporter per server
 
 
 def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: float,
-           urls: list[str], baseline: Baseline) -> list[Row]:
+           urls: list[str], single: Server) -> list[Row]:
     n, m = sizes.fleet_integrations, sizes.fleet_errors
     scenario = (f"{count} targets of {n} integrations and {m:,} error records, all probed at "
                 f"once every {interval:g} s for {sizes.fleet_seconds:g} s")
@@ -590,6 +590,7 @@ def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: floa
             failed = 0
             cpu, cpu_rounds = cpu_seconds(server.pid), 0.0
             ratios: list[float] = []
+            pauses = Baseline(single)  # this fleet's pauses only
             started = time.monotonic()
             while time.monotonic() - started < sizes.fleet_seconds:
                 round_start = time.monotonic()
@@ -598,15 +599,16 @@ def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: floa
                     failed += not up
                 spent = cpu_seconds(server.pid) - cpu
                 cpu_rounds += spent
-                pause = Baseline(baseline.server)
+                pause = Baseline(single)
                 pause.measure(BASELINE_SCRAPES)  # in the pause, the fleet idle
-                baseline.add(pause)
-                # Each round against the pause after it: the spread is the machine's noise
+                pauses.add(pause)
+                # Each round against the pause after it: how much one round moves (the
+                # machine, and 20 scrapes' own sampling)
                 ratios.append(spent / count / max(pause.mean, 1e-9))
                 time.sleep(max(0.0, interval - (time.monotonic() - round_start)))
                 cpu = cpu_seconds(server.pid)
         peak = memory_mb(server.pid, "VmHWM")
-    per_probe, single_cpu = cpu_rounds / len(walls), baseline.mean
+    per_probe, single_cpu = cpu_rounds / len(walls), pauses.mean
     deadline = PROBE_TIMEOUT - 0.5  # the header less --web.timeout-offset
     return [
         Row(scenario, f"probes inside their deadline ({deadline:g} s) with polarity_up 1",
@@ -614,7 +616,8 @@ def _fleet(stack: contextlib.ExitStack, sizes: Sizes, count: int, interval: floa
             f"median {statistics.median(walls):.2f} s", f"{failed} failed",
             "all", failed == 0 and max(walls) < deadline),
         Row(scenario, "CPU per probe", f"{per_probe * 1000:.1f} ms",
-            f"one exporter per server {single_cpu * 1000:.1f} ms per scrape; rounds "
+            f"one exporter per server {single_cpu * 1000:.1f} ms per scrape in the pauses "
+            f"after this fleet's rounds; rounds "
             f"{min(ratios):.2f}-{max(ratios):.2f}x",
             f"{per_probe / max(single_cpu, 1e-9):.2f}x", "≤ 1.1x",
             per_probe <= FLEET_CPU_RATIO * single_cpu),
