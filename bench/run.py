@@ -397,7 +397,7 @@ def series(sizes: Sizes) -> list[Row]:
                     renders.append(renderer.render())
                 for scrape in scrapes:
                     scrape.check_complete()
-            # CPU: the mean, as Baseline's (and as when CPU time was read in 10 ms ticks).
+            # CPU: the mean, as in the tables published before.
             measured[changing] = (
                 Scrape(wall=statistics.median(s.wall for s in scrapes),
                        cpu=statistics.mean(s.cpu for s in scrapes), text=scrapes[-1].text),
@@ -548,8 +548,7 @@ class Baseline:
         self.server, self.cpu, self.scrapes = server, 0.0, 0
 
     def measure(self, scrapes: int) -> None:
-        # The mean, not the median: the fleet's side is a total over its rounds (and CPU time
-        # was read in 10 ms ticks until cpu_seconds read the process's CPU-time clock).
+        # The mean, not the median: the fleet's side it is set against is a total over rounds.
         for _ in range(scrapes):
             self.cpu += self.server.scrape().cpu
         self.scrapes += scrapes
