@@ -324,3 +324,35 @@ def test_one_pipelining_client_does_not_slow_the_probes() -> None:
         pipeline_while_reading(port, 3.0,
                                lambda: slowest.append(max(slowest.pop(), probe_seconds(port))))
     assert slowest[0] < PROBE_TIMEOUT
+
+
+def test_a_head_that_waited_while_the_loop_was_late_is_served_not_closed() -> None:
+    # The head deadline judges the client. A loop held up past it (a long turn on a starved CPU:
+    # 200 probes at once under a profiler) closed connections whose whole request had waited
+    # in the socket meanwhile, without an answer.
+    header_timeout = 0.5
+    entered, release = threading.Event(), threading.Event()
+    held = [True]
+    answer = app_answering()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if held[0] and environ["PATH_INFO"] in PROBES:  # holds the loop, which answers probes
+            held[0] = False
+            entered.set()
+            release.wait(10)
+        return answer(environ, start_response)
+
+    with serving(app, header_timeout=header_timeout) as port, connect(port) as late:
+        with connect(port) as sock:  # accepted after `late`: once answered, `late` is too
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            read_answer(sock)
+        accepted = time.monotonic()
+        with connect(port) as holding:
+            holding.sendall(HEALTHY)
+            assert entered.wait(10)
+            late.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            time.sleep(max(0.0, accepted + header_timeout + 0.5 - time.monotonic()))
+            release.set()  # the loop goes on, past `late`'s head deadline
+            read_answer(holding)
+        received, _ = read_until_closed(late, 10)
+    assert received.startswith(b"HTTP/1.1 200") and received.endswith(b"\r\n\r\nok\n")
