@@ -64,7 +64,7 @@ def cpu_seconds(pid: int) -> float:
     clock, now = ctypes.c_int(), _Timespec()
     if (_LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0
             and _LIBC.clock_gettime(clock, ctypes.byref(now)) == 0):
-        return now.tv_sec + now.tv_nsec / 1e9
+        return float(now.tv_sec + now.tv_nsec / 1e9)
     with open(f"/proc/{pid}/stat") as stat:
         # The command name may hold spaces; the fields after its closing parenthesis do not.
         fields = stat.read().rsplit(")", 1)[1].split()
@@ -109,7 +109,7 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 60) -> No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before it was ready")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before it was ready")
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
@@ -433,8 +433,8 @@ def cpu_per_scrape(sizes: Sizes) -> list[Row]:
     rows = []
     # The last: the larger size on a server whose errors change on every scrape (one more
     # occurrence of one record), so that no errors body is the last one: published, no target.
-    runs = [(n, m, target, False) for (n, m), target in
-            zip(sizes.cpu_sizes, (0.3, 0.2), strict=True)]
+    runs: list[tuple[int, int, float | None, bool]] = [
+        (n, m, target, False) for (n, m), target in zip(sizes.cpu_sizes, (0.3, 0.2), strict=True)]
     runs.append((*sizes.cpu_sizes[-1], None, True))
     for n, m, target, changing in runs:
         with simulator(n, m, changing=changing) as url, exporter(url) as ours, \

@@ -78,3 +78,49 @@ def test_markdown_table_has_one_line_per_row(bench: tuple[str, list[dict[str, An
     lines = [line for line in stdout.splitlines() if line.startswith("|")]
     assert lines[0].startswith("| scenario | measurement | polarity-exporter | baseline |")
     assert len(lines) == len(rows) + 2  # header and separator
+
+
+
+@pytest.fixture(scope="module")
+def fleet_work(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("fleet_work") / "calls.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "fleet_work.py"), "--smoke",
+                           "--json", str(out)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts: dict[str, Any] = json.loads(Path(out).read_text())
+    return done.stdout, counts
+
+
+def test_fleet_work_counts_one_fetch_per_probe_and_per_scrape(
+        fleet_work: tuple[str, dict[str, Any]]) -> None:
+    # Normalised per probe and per scrape, and counted in every thread: each probe of the
+    # fleet and each scrape of the single exporter ran exactly one fetch, on a pool thread.
+    _, counts = fleet_work
+    assert set(counts) == {"errors the same on every request",
+                           "errors changing on every request"}
+    for scenario in counts.values():
+        assert scenario["fleet_per_probe"]["collector.py:fetch"] == 1.0
+        assert scenario["single_per_scrape"]["collector.py:fetch"] == 1.0
+
+
+def test_fleet_work_with_errors_changing_decodes_every_body_on_both_sides(
+        fleet_work: tuple[str, dict[str, Any]]) -> None:
+    # No body is the one met before: both sides do the same decoding work, whatever the timing
+    scenario = fleet_work[1]["errors changing on every request"]
+    assert scenario["fleet_per_probe"]["documented.py:documented_batch"] == 1.0
+    assert scenario["single_per_scrape"]["documented.py:documented_batch"] == 1.0
+
+
+def test_fleet_work_prints_the_comparison_tables(fleet_work: tuple[str, dict[str, Any]]) -> None:
+    stdout, counts = fleet_work
+    tables = stdout.split("### ")[1:]
+    assert [table.splitlines()[0] for table in tables] == list(counts)
+    for table, scenario in zip(tables, counts.values(), strict=True):
+        rows = {line.split("|")[1].strip(): line for line in table.splitlines()
+                if line.startswith("| ")}
+        for name in ("all", "Python functions", "builtins", "errors bodies decoded"):
+            assert name in rows
+        fleet = sum(scenario["fleet_per_probe"].values())
+        single = sum(scenario["single_per_scrape"].values())
+        assert f"{fleet / single:.3f}x" in rows["all"]

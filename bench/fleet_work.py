@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""The work behind a fleet probe against a single-target scrape, counted, not timed.
+
+bench/run.py's fleet row compares CPU time, which on a shared 2-core machine moves with the
+machine as much as with the exporter (bench/README.md). This counts what the exporter's Python
+does instead: every function call and every call of a builtin, in every thread, through
+`threading.setprofile`, for all targets probed at once against one exporter per server scraped
+one scrape at a time, on the same simulators. The counts do not move with the machine's load.
+They stand for work, not time: a C call that decodes a body counts once whatever its size,
+which is even here, since both sides read the same bodies.
+
+    .venv/bin/python bench/fleet_work.py             # 200 targets of 200 / 1,000, 2 rounds
+    .venv/bin/python bench/fleet_work.py --smoke     # 4 small targets (CI: test_bench_smoke)
+
+Each exporter runs as its own process under the counter (this file, `--count-into`), which
+installs the profile hook and runs `python -m polarity_exporter`. The counter makes a process
+several times slower, so no time is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import runpy
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import requests
+from run import PASSWORD, USERNAME, Server, free_port, serving, simulator
+
+# The exporter's own decode of a whole errors body: once per probe, unless the body is the one
+# its kept families were built from (reuse.py), which the counts then show as a share.
+DECODE = "documented.py:documented_batch"
+SNAPSHOT_SECONDS = 60.0
+# --history.limit's default: each answer walks the recent scrapes kept (history.py), so the single
+# exporter is warmed up to as many kept as the fleet's two warm-up rounds leave.
+HISTORY = 100
+# As in bench/run.py's fleet, errors bodies the same on every request: then a probe or scrape
+# decodes one only when it met it before the listing was done (reuse.SameBody), which depends on
+# timing. Bodies that differ on every request are decoded on both sides every time.
+SCENARIOS = {"errors the same on every request": False,
+             "errors changing on every request": True}
+# The scrape timeout the probes send, and each target's (and the single exporter's) timeout: the
+# counter slows the exporter several times over, and 200 probes at once under it take longer than
+# Prometheus' 10 s, so the last ones would fail at their deadline.
+PROBE_TIMEOUT = 120.0
+
+
+# --- the child: an exporter under the counter ------------------------------------------------
+
+def count_calls(out: Path, argv: list[str]) -> None:
+    """Run the exporter with every call counted. The counts are written to `out` (and reset)
+    whenever `out`.go appears; a thread of its own, started before the hook, does that."""
+    # A count per name, stepped by next(), which the GIL keeps whole: `counts[name] += 1` from
+    # many threads at once would lose steps, and more of them on the fleet's side.
+    counts: dict[str, Iterator[int]] = {}
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            code = frame.f_code
+            name = f"{Path(code.co_filename).name}:{code.co_name}"
+        elif event == "c_call":
+            name = f"C:{getattr(arg, '__qualname__', type(arg).__name__)}"
+        else:
+            return
+        step = counts.get(name)
+        next(step if step is not None else counts.setdefault(name, itertools.count()))
+
+    go = out.with_name(out.name + ".go")
+
+    def snapshots() -> None:
+        while True:
+            time.sleep(0.05)
+            if go.exists():  # between rounds: the exporter is idle
+                taken = {name: next(step) for name, step in list(counts.items())}
+                counts.clear()
+                out.with_name(out.name + ".tmp").write_text(json.dumps(taken))
+                out.with_name(out.name + ".tmp").replace(out)
+                go.unlink()
+
+    threading.Thread(target=snapshots, daemon=True).start()
+    threading.setprofile(hook)
+    sys.setprofile(hook)
+    sys.argv = ["polarity_exporter", *argv]
+    runpy.run_module("polarity_exporter", run_name="__main__")
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+class Counted:
+    """An exporter process under the counter."""
+
+    def __init__(self, stack: contextlib.ExitStack, directory: Path, name: str,
+                 flags: list[str]) -> None:
+        self.out = directory / f"{name}.json"
+        port = free_port()
+        self.server: Server = stack.enter_context(serving(
+            [sys.executable, __file__, "--count-into", str(self.out), "--",
+             *flags, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            port, "/-/ready"))
+
+    def snapshot(self) -> Counter[str]:
+        """The calls since the last snapshot."""
+        self.out.unlink(missing_ok=True)
+        go = self.out.with_name(self.out.name + ".go")
+        go.touch()
+        waited = time.monotonic()
+        while go.exists():
+            if time.monotonic() - waited > SNAPSHOT_SECONDS:
+                raise RuntimeError(f"{self.out.name}: no snapshot in {SNAPSHOT_SECONDS:g} s")
+            time.sleep(0.05)
+        return Counter(json.loads(self.out.read_text()))
+
+
+def probe(server: Server, target: str) -> bool:
+    """GET /probe?target=NAME with a long scrape timeout: whether it answered polarity_up 1."""
+    response = requests.get(f"{server.url}/probe", params={"target": target},
+                            timeout=PROBE_TIMEOUT + 30,
+                            headers={"X-Prometheus-Scrape-Timeout-Seconds": f"{PROBE_TIMEOUT:g}"})
+    return response.status_code == 200 and "\npolarity_up 1.0\n" in response.text
+
+
+def measure(targets: int, integrations: int, errors: int, rounds: int, scrapes: int,
+            changing: bool) -> tuple[Counter[str], Counter[str]]:
+    """Calls per probe of the fleet (all targets at once, `rounds` times) and per scrape of one
+    exporter per server (`scrapes` one after another), both after warm-up rounds; with
+    `changing`, on simulators whose errors body differs on every request."""
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(simulator(integrations, errors, changing=changing))
+                for _ in range(min(20, targets))]
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        config = directory / "targets.yml"
+        config.write_text(json.dumps({"targets": {  # JSON is YAML
+            f"t{i:03d}": {"url": urls[i % len(urls)], "username": USERNAME,
+                          "password": PASSWORD, "timeout": PROBE_TIMEOUT}
+            for i in range(targets)}}))
+        fleet = Counted(stack, directory, "fleet", [f"--config.file={config}"])
+        single = Counted(stack, directory, "single", [f"--polarity.url={urls[0]}",
+                                                      f"--polarity.timeout={PROBE_TIMEOUT:g}"])
+        names = [f"t{i:03d}" for i in range(targets)]
+        with ThreadPoolExecutor(targets) as pool:
+            def probe_all() -> None:
+                if not all(pool.map(lambda name: probe(fleet.server, name), names)):
+                    raise RuntimeError("a probe did not answer polarity_up 1")
+
+            for _ in range(2):  # logins, then the kept families of every target
+                probe_all()
+            for _ in range(min(HISTORY, 2 * targets)):  # as many recent scrapes kept
+                single.server.scrape().check_complete()
+            fleet.snapshot()
+            single.snapshot()
+            for _ in range(rounds):
+                probe_all()
+            fleet_calls = fleet.snapshot()
+            for _ in range(scrapes):
+                single.server.scrape().check_complete()
+            single_calls = single.snapshot()
+    per_probe = Counter({k: v / (rounds * targets) for k, v in fleet_calls.items()})
+    per_scrape = Counter({k: v / scrapes for k, v in single_calls.items()})
+    return per_probe, per_scrape
+
+
+def report(fleet: Counter[str], single: Counter[str], top: int) -> str:
+    def python(calls: Counter[str]) -> float:
+        return sum(v for k, v in calls.items() if not k.startswith("C:"))
+
+    def builtin(calls: Counter[str]) -> float:
+        return sum(v for k, v in calls.items() if k.startswith("C:"))
+
+    lines = ["| calls | fleet, per probe | single, per scrape | fleet / single |",
+             "|---|---|---|---|"]
+    for name, of in (("all", lambda c: python(c) + builtin(c)), ("Python functions", python),
+                     ("builtins", builtin), ("errors bodies decoded", lambda c: c[DECODE])):
+        f, s = of(fleet), of(single)
+        lines.append(f"| {name} | {f:,.2f} | {s:,.2f} | "
+                     f"{f / s:.3f}x |" if s else f"| {name} | {f:,.2f} | {s:,.2f} | — |")
+    lines += ["", f"The {top} largest differences, per probe against per scrape:", "",
+              "| function | fleet | single | difference |", "|---|---|---|---|"]
+    for key in sorted(fleet.keys() | single.keys(),
+                      key=lambda k: (-abs(fleet[k] - single[k]), k))[:top]:
+        lines.append(f"| `{key}` | {fleet[key]:,.1f} | {single[key]:,.1f} | "
+                     f"{fleet[key] - single[key]:+,.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--count-into":
+        count_calls(Path(sys.argv[2]), sys.argv[4:] if sys.argv[3:4] == ["--"] else sys.argv[3:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="4 small targets, one round")
+    parser.add_argument("--targets", type=int, default=200)
+    parser.add_argument("--integrations", type=int, default=200)
+    parser.add_argument("--errors", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--scrapes", type=int, default=100)
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--json", type=Path, help="also write both counts here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.targets, args.integrations, args.errors, args.rounds, args.scrapes = 4, 10, 20, 1, 4
+    results: dict[str, dict[str, Counter[str]]] = {}
+    for scenario, changing in SCENARIOS.items():
+        fleet, single = measure(args.targets, args.integrations, args.errors, args.rounds,
+                                args.scrapes, changing)
+        results[scenario] = {"fleet_per_probe": fleet, "single_per_scrape": single}
+        print(f"### {scenario}\n\n{args.targets} targets of {args.integrations} integrations "
+              f"and {args.errors:,} error records, all probed at once, {args.rounds} rounds, "
+              f"against one exporter per server scraped {args.scrapes} times:\n")
+        print(report(fleet, single, args.top) + "\n", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
