@@ -11,9 +11,10 @@ threads runs the app. A connection is always in exactly one state:
                  └<──── answer written, keep-alive (pipelined requests first) ───────┘
 
 - READING: a head must be complete within HEADER_TIMEOUT of its first byte (or of the
-  connection, or of the last answer when pipelined bytes already wait), bytes that waited while
-  the loop ran late included; a kept-alive connection waits IDLE_TIMEOUT for its next request.
-  A head cut off by EOF is never served.
+  connection, or of the last answer when pipelined bytes already wait); bytes that waited while
+  the loop ran late are read first (not a TLS handshake's: it needs more than one read). A
+  kept-alive connection waits IDLE_TIMEOUT for its next request. A head cut off by EOF is never
+  served.
 - BUSY: the app runs on a worker; the loop does not watch the socket. Workers never touch a
   socket: they hand the answer back to the loop.
 - WRITING: the answer is written without blocking, within WRITE_TIMEOUT of when writing starts
@@ -363,8 +364,10 @@ class BoundedServer:
     def _expire(self) -> None:
         now = time.monotonic()
         for conn in [c for c in self._connections if c.state != BUSY and c.deadline <= now]:
-            if conn.state == READING:  # what waited while this loop ran late (a long turn on
-                self._readable(conn)  # a starved CPU) is read first: deadlines judge clients
+            # What waited while this loop ran late (a long turn on a starved CPU) is read first:
+            # deadlines judge clients. Not from a client parked for pipelining (`_again`).
+            if conn.state == READING and conn.events & selectors.EVENT_READ:
+                self._readable(conn)
                 if conn not in self._connections or conn.state != READING or conn.deadline > now:
                     continue
             log.debug("closing a connection whose request or answer did not finish in time",
