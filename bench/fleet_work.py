@@ -4,10 +4,17 @@
 bench/run.py's fleet row compares CPU time, which on a shared 2-core machine moves with the
 machine as much as with the exporter (bench/README.md). This counts what the exporter's Python
 does instead: every function call and every call of a builtin, in every thread, through
-`threading.setprofile`, for all targets probed at once against one exporter per server scraped
-one scrape at a time, on the same simulators. The counts do not move with the machine's load.
-They stand for work, not time: a C call that decodes a body counts once whatever its size,
-which is even here, since both sides read the same bodies.
+`threading.setprofile`, for all targets probed at once against one exporter per server (a
+target of its own, probed the same way) probed one probe at a time, on the same simulators.
+
+What the counts can and cannot say:
+- They stand for work, not time: a call counts once whatever it processes (a decode, a walk over
+  200 connections), and the garbage collector and the kernel are not seen.
+- They still move a little with timing: an unchanged errors body is decoded or not by a race
+  with the listing (reuse.SameBody), and read loops take as many reads as the bytes arrive in.
+  With errors changing on every request both sides decode every body, which takes the race out.
+- The counter slows an exporter several times over, which changes those timings too (a fleet
+  round under it can outlast the simulator's keep-alive, so the fleet reconnects).
 
     .venv/bin/python bench/fleet_work.py             # 200 targets of 200 / 1,000, 2 rounds
     .venv/bin/python bench/fleet_work.py --smoke     # 4 small targets (CI: test_bench_smoke)
@@ -32,7 +39,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import requests
@@ -40,7 +47,7 @@ from run import PASSWORD, USERNAME, Server, free_port, serving, simulator
 
 # The exporter's own decode of a whole errors body: once per probe, unless the body is the one
 # its kept families were built from (reuse.py), which the counts then show as a share.
-DECODE = "documented.py:documented_batch"
+DECODE = "polarity_exporter/documented.py:documented_batch"
 SNAPSHOT_SECONDS = 60.0
 # --history.limit's default: each answer walks the recent scrapes kept (history.py), so the single
 # exporter is warmed up to as many kept as the fleet's two warm-up rounds leave.
@@ -50,7 +57,7 @@ HISTORY = 100
 # timing. Bodies that differ on every request are decoded on both sides every time.
 SCENARIOS = {"errors the same on every request": False,
              "errors changing on every request": True}
-# The scrape timeout the probes send, and each target's (and the single exporter's) timeout: the
+# The scrape timeout the probes send, and each target's timeout, on both sides: the
 # counter slows the exporter several times over, and 200 probes at once under it take longer than
 # Prometheus' 10 s, so the last ones would fail at their deadline.
 PROBE_TIMEOUT = 120.0
@@ -59,16 +66,22 @@ PROBE_TIMEOUT = 120.0
 # --- the child: an exporter under the counter ------------------------------------------------
 
 def count_calls(out: Path, argv: list[str]) -> None:
-    """Run the exporter with every call counted. The counts are written to `out` (and reset)
-    whenever `out`.go appears; a thread of its own, started before the hook, does that."""
+    """Run the exporter with every call counted. The counts since the last snapshot are written
+    to `out` whenever `out`.go appears; a thread of its own, never counted, does that."""
     # A count per name, stepped by next(), which the GIL keeps whole: `counts[name] += 1` from
-    # many threads at once would lose steps, and more of them on the fleet's side.
+    # many threads at once would lose steps, and more of them on the fleet's side. Never reset:
+    # a snapshot is the difference from the last one.
     counts: dict[str, Iterator[int]] = {}
+    names: dict[CodeType, str] = {}  # the name of each function, made once
 
     def hook(frame: FrameType, event: str, arg: Any) -> None:
         if event == "call":
             code = frame.f_code
-            name = f"{Path(code.co_filename).name}:{code.co_name}"
+            name = names.get(code)
+            if name is None:  # package and file: two connection.py (ours, h11's) stay apart
+                path = Path(code.co_filename)
+                where = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+                name = names.setdefault(code, f"{where}:{code.co_name}")
         elif event == "c_call":
             name = f"C:{getattr(arg, '__qualname__', type(arg).__name__)}"
         else:
@@ -79,12 +92,17 @@ def count_calls(out: Path, argv: list[str]) -> None:
     go = out.with_name(out.name + ".go")
 
     def snapshots() -> None:
+        sys.setprofile(None)  # in case the hook was set before this thread read it
+        last: dict[str, int] = {}
         while True:
             time.sleep(0.05)
             if go.exists():  # between rounds: the exporter is idle
-                taken = {name: next(step) for name, step in list(counts.items())}
-                counts.clear()
-                out.with_name(out.name + ".tmp").write_text(json.dumps(taken))
+                # next() returns the steps so far and takes one more: the last read's own
+                now = {name: next(step) for name, step in list(counts.items())}
+                taken = {name: n - last.get(name, -1) - 1 for name, n in now.items()}
+                last = now
+                out.with_name(out.name + ".tmp").write_text(
+                    json.dumps({name: n for name, n in taken.items() if n}))
                 out.with_name(out.name + ".tmp").replace(out)
                 go.unlink()
 
@@ -144,26 +162,35 @@ def measure(targets: int, integrations: int, errors: int, rounds: int, scrapes: 
             f"t{i:03d}": {"url": urls[i % len(urls)], "username": USERNAME,
                           "password": PASSWORD, "timeout": PROBE_TIMEOUT}
             for i in range(targets)}}))
+        one = directory / "one.yml"
+        one.write_text(json.dumps({"targets": {"t000": {  # t000's server, the same session
+            "url": urls[0], "username": USERNAME, "password": PASSWORD,
+            "timeout": PROBE_TIMEOUT}}}))
         fleet = Counted(stack, directory, "fleet", [f"--config.file={config}"])
-        single = Counted(stack, directory, "single", [f"--polarity.url={urls[0]}",
-                                                      f"--polarity.timeout={PROBE_TIMEOUT:g}"])
+        # One exporter per server, asked as the fleet is (/probe, the same header): /metrics
+        # would add the process collector's families to its side only.
+        single = Counted(stack, directory, "single", [f"--config.file={one}"])
         names = [f"t{i:03d}" for i in range(targets)]
         with ThreadPoolExecutor(targets) as pool:
             def probe_all() -> None:
                 if not all(pool.map(lambda name: probe(fleet.server, name), names)):
                     raise RuntimeError("a probe did not answer polarity_up 1")
 
+            def scrape_single() -> None:
+                if not probe(single.server, "t000"):
+                    raise RuntimeError("the single exporter did not answer polarity_up 1")
+
             for _ in range(2):  # logins, then the kept families of every target
                 probe_all()
             for _ in range(min(HISTORY, 2 * targets)):  # as many recent scrapes kept
-                single.server.scrape().check_complete()
+                scrape_single()
             fleet.snapshot()
             single.snapshot()
             for _ in range(rounds):
                 probe_all()
             fleet_calls = fleet.snapshot()
             for _ in range(scrapes):
-                single.server.scrape().check_complete()
+                scrape_single()
             single_calls = single.snapshot()
     per_probe = Counter({k: v / (rounds * targets) for k, v in fleet_calls.items()})
     per_scrape = Counter({k: v / scrapes for k, v in single_calls.items()})
