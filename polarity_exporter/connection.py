@@ -1,9 +1,11 @@
 """One client connection of the exporter's HTTP server: its h11 protocol state, the answer
-bytes waiting to be written, and the deadline of whatever it is waiting for. The server's loop
-(httpserver.py) decides when to call these; nothing here blocks or touches the selector."""
+bytes waiting to be written, the deadline of whatever it is waiting for, and how its socket is
+closed (the 503 of a connection over the cap). The server's loop (httpserver.py) decides when to
+call these; nothing here blocks or touches the selector."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -170,3 +172,35 @@ class Connection:
     @property
     def cycle_done(self) -> bool:
         return self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
+
+
+def refuse_over_cap(sock: socket.socket) -> None:
+    """Answer 503 without reading, as far as the socket takes it at once, and close."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        sock.send(_OVER_CAP)
+    shut(sock)
+
+
+def shut(sock: socket.socket) -> None:
+    """Shut a client's socket down and close it, whatever state it is in."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _over_cap() -> bytes:
+    """The 503 for a connection over the cap, framed by h11 (which frames answers only to a
+    request, so it is given a minimal one)."""
+    http = h11.Connection(h11.SERVER)
+    http.receive_data(b"GET / HTTP/1.0\r\n\r\n")
+    http.next_event()
+    body = b"too many connections\n"
+    return b"".join(http.send(event) or b"" for event in (
+        h11.Response(status_code=503, headers=[("Content-Type", "text/plain"),
+                                               ("Content-Length", str(len(body)))]),
+        h11.Data(data=body), h11.EndOfMessage()))
+
+
+_OVER_CAP = _over_cap()

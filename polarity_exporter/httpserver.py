@@ -48,6 +48,8 @@ from polarity_exporter.connection import (
     WRITING,
     Connection,
     Timeouts,
+    refuse_over_cap,
+    shut,
 )
 from polarity_exporter.wsgi import Answer, WSGIApp, environ_for, one_line_error, run_app
 
@@ -183,7 +185,7 @@ class BoundedServer:
                 log.warning("cannot accept a connection", extra={"err": str(exc)})
                 return
             if not self._make_room():
-                _refuse(sock)
+                refuse_over_cap(sock)
                 continue
             sock.setblocking(False)
             with contextlib.suppress(OSError):
@@ -378,7 +380,7 @@ class BoundedServer:
         """Close a connection (loop thread only: selectors are not thread-safe)."""
         self._watch(conn, 0)
         self._connections.discard(conn)
-        _shut(conn.sock)
+        shut(conn.sock)
 
     # --- the workers --------------------------------------------------------------------------
 
@@ -430,32 +432,3 @@ def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host or "0.0.0.0", port), family=family, backlog=128)
 
-
-def _refuse(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setblocking(False)
-        sock.send(_OVER_CAP)
-    _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
-def _over_cap() -> bytes:
-    """The 503 for a connection over the cap, framed by h11 (which frames answers only to a
-    request, so it is given a minimal one)."""
-    http = h11.Connection(h11.SERVER)
-    http.receive_data(b"GET / HTTP/1.0\r\n\r\n")
-    http.next_event()
-    body = b"too many connections\n"
-    return b"".join(http.send(event) or b"" for event in (
-        h11.Response(status_code=503, headers=[("Content-Type", "text/plain"),
-                                               ("Content-Length", str(len(body)))]),
-        h11.Data(data=body), h11.EndOfMessage()))
-
-
-_OVER_CAP = _over_cap()
