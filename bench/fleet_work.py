@@ -42,7 +42,6 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
-import requests
 from run import PASSWORD, USERNAME, Server, free_port, serving, simulator
 
 # The exporter's own decode of a whole errors body: once per probe, unless the body is the one
@@ -140,17 +139,9 @@ class Counted:
         return Counter(json.loads(self.out.read_text()))
 
 
-def probe(server: Server, target: str) -> bool:
-    """GET /probe?target=NAME with a long scrape timeout: whether it answered polarity_up 1."""
-    response = requests.get(f"{server.url}/probe", params={"target": target},
-                            timeout=PROBE_TIMEOUT + 30,
-                            headers={"X-Prometheus-Scrape-Timeout-Seconds": f"{PROBE_TIMEOUT:g}"})
-    return response.status_code == 200 and "\npolarity_up 1.0\n" in response.text
-
-
 def measure(targets: int, integrations: int, errors: int, rounds: int, scrapes: int,
             changing: bool) -> tuple[Counter[str], Counter[str]]:
-    """Calls per probe of the fleet (all targets at once, `rounds` times) and per scrape of one
+    """Calls per probe of the fleet (all targets at once, `rounds` times) and per probe of one
     exporter per server (`scrapes` one after another), both after warm-up rounds; with
     `changing`, on simulators whose errors body differs on every request."""
     with contextlib.ExitStack() as stack:
@@ -173,11 +164,12 @@ def measure(targets: int, integrations: int, errors: int, rounds: int, scrapes: 
         names = [f"t{i:03d}" for i in range(targets)]
         with ThreadPoolExecutor(targets) as pool:
             def probe_all() -> None:
-                if not all(pool.map(lambda name: probe(fleet.server, name), names)):
+                answers = pool.map(lambda name: fleet.server.probe(name, PROBE_TIMEOUT), names)
+                if not all(up for _, up in answers):
                     raise RuntimeError("a probe did not answer polarity_up 1")
 
             def scrape_single() -> None:
-                if not probe(single.server, "t000"):
+                if not single.server.probe("t000", PROBE_TIMEOUT)[1]:
                     raise RuntimeError("the single exporter did not answer polarity_up 1")
 
             for _ in range(2):  # logins, then the kept families of every target
@@ -204,14 +196,14 @@ def report(fleet: Counter[str], single: Counter[str], top: int) -> str:
     def builtin(calls: Counter[str]) -> float:
         return sum(v for k, v in calls.items() if k.startswith("C:"))
 
-    lines = ["| calls | fleet, per probe | single, per scrape | fleet / single |",
+    lines = ["| calls | fleet, per probe | single, per probe | fleet / single |",
              "|---|---|---|---|"]
     for name, of in (("all", lambda c: python(c) + builtin(c)), ("Python functions", python),
                      ("builtins", builtin), ("errors bodies decoded", lambda c: c[DECODE])):
         f, s = of(fleet), of(single)
         lines.append(f"| {name} | {f:,.2f} | {s:,.2f} | "
                      f"{f / s:.3f}x |" if s else f"| {name} | {f:,.2f} | {s:,.2f} | — |")
-    lines += ["", f"The {top} largest differences, per probe against per scrape:", "",
+    lines += ["", f"The {top} largest differences, per probe:", "",
               "| function | fleet | single | difference |", "|---|---|---|---|"]
     for key in sorted(fleet.keys() | single.keys(),
                       key=lambda k: (-abs(fleet[k] - single[k]), k))[:top]:
@@ -243,7 +235,7 @@ def main() -> int:
         results[scenario] = {"fleet_per_probe": fleet, "single_per_scrape": single}
         print(f"### {scenario}\n\n{args.targets} targets of {args.integrations} integrations "
               f"and {args.errors:,} error records, all probed at once, {args.rounds} rounds, "
-              f"against one exporter per server scraped {args.scrapes} times:\n")
+              f"against one exporter per server probed {args.scrapes} times:\n")
         print(report(fleet, single, args.top) + "\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results))

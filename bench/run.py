@@ -157,12 +157,13 @@ class Server:
         response.raise_for_status()
         return Scrape(wall=wall, cpu=cpu_seconds(self.pid) - cpu, text=response.text)
 
-    def probe(self, target: str) -> tuple[float, bool]:
+    def probe(self, target: str, scrape_timeout: float = PROBE_TIMEOUT) -> tuple[float, bool]:
         """GET /probe?target=NAME as Prometheus sends it: (wall seconds, polarity_up is 1)."""
         wall = time.perf_counter()
-        response = requests.get(f"{self.url}/probe", params={"target": target}, timeout=120,
+        response = requests.get(f"{self.url}/probe", params={"target": target},
+                                timeout=max(120, scrape_timeout + 30),
                                 headers={"X-Prometheus-Scrape-Timeout-Seconds":
-                                         f"{PROBE_TIMEOUT:g}"})
+                                         f"{scrape_timeout:g}"})
         wall = time.perf_counter() - wall
         return wall, response.status_code == 200 and "\npolarity_up 1.0\n" in response.text
 
